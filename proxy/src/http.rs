@@ -1,0 +1,372 @@
+//! The HTTP reverse proxy: one request in, one routed request out.
+//!
+//! Bodies stream in both directions (never buffered); hop-by-hop headers are removed;
+//! `X-Forwarded-*` are set from what this node saw (client-supplied values are replaced: this
+//! is the edge); `Upgrade` (WebSocket) is relayed as raw bytes after the 101.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::body::Metered;
+use crate::pool::{now_ms, Endpoint, Pool};
+use crate::route::normalize_host;
+use crate::server::Shared;
+
+pub type RespBody = Either<Metered<Incoming>, Full<Bytes>>;
+pub type ReqBody = Either<Metered<Incoming>, Empty<Bytes>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    Ok(route(&shared, conn, req).await)
+}
+
+async fn route(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Response<RespBody> {
+    let raw_host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+    let Some(host) = raw_host.and_then(normalize_host) else {
+        shared.metrics.unrouted(400);
+        return local(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
+    };
+    let table = shared.table.load();
+    let Some(route) = table.router.find(&host, req.uri().path()) else {
+        shared.metrics.unrouted(404);
+        return local(StatusCode::NOT_FOUND, format!("no route for host {host}\n"));
+    };
+    if !conn.tls && route.redirect_https {
+        if let Some(port) = table.https_port.filter(|_| shared.certs.covers(&host)) {
+            shared.metrics.unrouted(308);
+            return redirect(&host, port, req.uri());
+        }
+    }
+    let pool = table.pools.get(&route.pool).cloned();
+    let pool_name = route.pool.clone();
+    drop(table);
+    let Some(pool) = pool.filter(|p| !p.is_empty()) else {
+        shared.metrics.unrouted(503);
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no running tasks for service {pool_name}\n"),
+        );
+    };
+    let resp = forward(shared, conn, &host, &pool, req).await;
+    pool.metrics.response(resp.status().as_u16());
+    resp
+}
+
+async fn forward(
+    shared: &Shared,
+    conn: ConnInfo,
+    host: &str,
+    pool: &Pool,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need the header.
+        if let Ok(v) = HeaderValue::from_str(parts.uri.authority().map_or(host, |a| a.as_str())) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let orig_host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    set_forwarded(&mut parts.headers, conn, orig_host);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+
+    // A request without a body that may be repeated is retried once on another endpoint when
+    // the first one refuses the connection: nothing has reached any upstream yet.
+    let retryable = is_idempotent(&parts.method) && body.is_end_stream() && upgrade.is_none();
+    let retry_headers = retryable.then(|| parts.headers.clone());
+    let body = Metered::new(body, shared.bytes_up.clone(), None);
+    let mut req_body = Some(Either::Left(body));
+    let mut exclude = None;
+    for attempt in 0..2 {
+        let now = now_ms();
+        let Some(ep) = pool.pick(now, exclude) else {
+            break;
+        };
+        let upstream_req = match (attempt, req_body.take()) {
+            (0, Some(b)) => build(&parts.method, &ep, &path, parts.headers.clone(), b),
+            _ => {
+                let headers = retry_headers.clone().unwrap_or_default();
+                build(&parts.method, &ep, &path, headers, Either::Right(Empty::new()))
+            }
+        };
+        let Some(upstream_req) = upstream_req else {
+            return local(StatusCode::BAD_REQUEST, "invalid request target\n");
+        };
+        let in_flight = ep.begin();
+        let started = Instant::now();
+        match shared.client.request(upstream_req).await {
+            Ok(resp) => {
+                pool.metrics
+                    .latency
+                    .observe(started.elapsed().as_secs_f64());
+                ep.mark_success();
+                return respond(shared, resp, upgrade, in_flight);
+            }
+            Err(e) if e.is_connect() => {
+                let ms = ep.eject(now_ms());
+                pool.metrics.ejections.inc();
+                pool.metrics.errors.inc();
+                warn!(pool = %pool.name, endpoint = %ep.addr, eject_ms = ms, error = %source_chain(&e), "upstream connect failed; endpoint ejected");
+                if !retryable {
+                    break;
+                }
+                exclude = Some(ep.addr);
+            }
+            Err(e) => {
+                pool.metrics.errors.inc();
+                warn!(pool = %pool.name, endpoint = %ep.addr, error = %source_chain(&e), "upstream request failed");
+                break;
+            }
+        }
+    }
+    local(
+        StatusCode::BAD_GATEWAY,
+        format!("upstream of service {} unreachable\n", pool.name),
+    )
+}
+
+fn build(
+    method: &Method,
+    ep: &Endpoint,
+    path: &str,
+    headers: HeaderMap,
+    body: ReqBody,
+) -> Option<Request<ReqBody>> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(ep.authority.clone())
+        .path_and_query(path)
+        .build()
+        .ok()?;
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+fn respond(
+    shared: &Shared,
+    mut resp: Response<Incoming>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    in_flight: crate::pool::InFlight,
+) -> Response<RespBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _in_flight = in_flight;
+                match tokio::try_join!(client_side, upstream_side) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Either::Right(Full::default()));
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(|b| Either::Left(Metered::new(b, shared.bytes_down.clone(), Some(in_flight))))
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| header_has_token(v, "upgrade"))
+}
+
+fn header_has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Removes RFC 9110 §7.6.1 connection-specific headers, including those named in
+/// `Connection`. For an upgrade, `Connection: upgrade` and `Upgrade` are kept.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            h.remove(name);
+        }
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        h.remove(name);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn set_forwarded(h: &mut HeaderMap, conn: ConnInfo, host: Option<HeaderValue>) {
+    let ip = conn.peer.ip().to_canonical().to_string();
+    h.insert(
+        X_FORWARDED_FOR.clone(),
+        HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+    );
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(v) => h.insert(X_FORWARDED_HOST.clone(), v),
+        None => h.remove(&X_FORWARDED_HOST),
+    };
+}
+
+fn redirect(host: &str, port: u16, uri: &Uri) -> Response<RespBody> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut r = local(StatusCode::PERMANENT_REDIRECT, "");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut r = Response::new(Either::Right(Full::new(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_headers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_values() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let conn = ConnInfo {
+            peer: "[::ffff:192.0.2.1]:5000".parse().unwrap(),
+            tls: true,
+        };
+        set_forwarded(&mut h, conn, Some(HeaderValue::from_static("a.test")));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn redirect_keeps_path_and_query_and_port() {
+        let uri: Uri = "/a/b?c=d".parse().unwrap();
+        let r = redirect("x.test", 8443, &uri);
+        assert_eq!(r.status(), 308);
+        assert_eq!(r.headers()[header::LOCATION], "https://x.test:8443/a/b?c=d");
+        let r = redirect("x.test", 443, &uri);
+        assert_eq!(r.headers()[header::LOCATION], "https://x.test/a/b?c=d");
+    }
+}

@@ -1,0 +1,26 @@
+//! The edgemesh data path: HTTP/1.1 and HTTP/2 reverse proxy, raw TCP proxy and TLS
+//! termination, all driven by a routing snapshot and a certificate store that are swapped in
+//! memory. Nothing here knows about gossip, AWS or configuration files: the node builds a
+//! [`TableSpec`] and hands it to [`Proxy::apply`].
+//!
+//! Guarantees: an update (routes, pools, certificates, listeners) never closes an existing
+//! connection or fails an in-flight request; a removed endpoint keeps its open TCP streams
+//! until one side closes.
+
+mod body;
+mod http;
+pub mod metrics;
+pub mod pool;
+mod proxy_protocol;
+pub mod route;
+mod server;
+mod table;
+mod tcp;
+pub mod tls;
+
+pub use metrics::Metrics;
+pub use pool::{Balance, EndpointSpec, EndpointStatus, PoolSpec, PoolStatus};
+pub use route::RouteSpec;
+pub use server::{ListenerKind, ListenerSpec, ListenerStatus, Proxy, ProxySettings, ProxyStatus};
+pub use table::{TableSpec, TcpRouteSpec};
+pub use tls::{CertEntry, CertStatus, CertStore};

@@ -1,0 +1,207 @@
+//! Prometheus metrics of the data path.
+//!
+//! Families are registered once into the node's registry. Per-pool handles are resolved when a
+//! pool is built, so the request path only does atomic adds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    pool: String,
+    class: &'static str,
+}
+
+/// Status classes as label values, indexed by `status / 100 - 1`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class_index(status: u16) -> usize {
+    ((status / 100).clamp(1, 5) - 1) as usize
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
+}
+
+/// The data path's metric families. Cheap to clone (every handle is an `Arc`).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    upstream_latency: Family<PoolLabel, Histogram>,
+    ejections: Family<PoolLabel, Counter>,
+    upstream_errors: Family<PoolLabel, Counter>,
+    active_connections: Family<ListenerLabel, Gauge>,
+    connections: Family<ListenerLabel, Counter>,
+    bytes: Family<DirectionLabel, Counter>,
+    bad_requests: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            requests: Family::default(),
+            upstream_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            ejections: Family::default(),
+            upstream_errors: Family::default(),
+            active_connections: Family::default(),
+            connections: Family::default(),
+            bytes: Family::default(),
+            bad_requests: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("edgemesh");
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by pool and status class",
+            m.requests.clone(),
+        );
+        r.register(
+            "upstream_latency_seconds",
+            "Time from sending a request upstream to its response headers",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "endpoint_ejections",
+            "Endpoints taken out of rotation after a failed connection",
+            m.ejections.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream connections or exchanges that failed",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Client connections open now, by listener",
+            m.active_connections.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections accepted, by listener",
+            m.connections.clone(),
+        );
+        r.register(
+            "proxied_bytes",
+            "Body and stream bytes relayed",
+            m.bytes.clone(),
+        );
+        r.register(
+            "malformed_requests",
+            "Client connections closed because of unparseable HTTP",
+            m.bad_requests.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn pool(&self, pool: &str) -> PoolMetrics {
+        let label = PoolLabel { pool: pool.into() };
+        PoolMetrics {
+            by_class: CLASSES.map(|class| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        pool: pool.into(),
+                        class,
+                    })
+                    .clone()
+            }),
+            latency: self.upstream_latency.get_or_create(&label).clone(),
+            ejections: self.ejections.get_or_create(&label).clone(),
+            errors: self.upstream_errors.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Requests answered without a pool (no route, bad host): counted under pool "-".
+    pub(crate) fn unrouted(&self, status: u16) {
+        let class = CLASSES[class_index(status)];
+        self.requests
+            .get_or_create(&RequestLabels {
+                pool: "-".into(),
+                class,
+            })
+            .inc();
+    }
+
+    pub(crate) fn listener(&self, listener: &str) -> ListenerMetrics {
+        let label = ListenerLabel {
+            listener: listener.into(),
+        };
+        ListenerMetrics {
+            active: self.active_connections.get_or_create(&label).clone(),
+            accepted: self.connections.get_or_create(&label).clone(),
+        }
+    }
+
+    pub(crate) fn bytes(&self, direction: Direction) -> Counter {
+        self.bytes
+            .get_or_create(&DirectionLabel {
+                direction: match direction {
+                    Direction::ClientToUpstream => "client_to_upstream",
+                    Direction::UpstreamToClient => "upstream_to_client",
+                },
+            })
+            .clone()
+    }
+
+    pub(crate) fn bad_request(&self) {
+        self.bad_requests.inc();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct PoolMetrics {
+    by_class: [Counter; 5],
+    pub latency: Histogram,
+    pub ejections: Counter,
+    pub errors: Counter,
+}
+
+impl PoolMetrics {
+    pub fn response(&self, status: u16) {
+        self.by_class[class_index(status)].inc();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ListenerMetrics {
+    pub active: Gauge,
+    pub accepted: Counter,
+}
+
+impl ListenerMetrics {
+    /// Counts a connection as active until the guard drops.
+    pub fn open(&self) -> ConnectionGuard {
+        self.accepted.inc();
+        self.active.inc();
+        ConnectionGuard(self.active.clone())
+    }
+}
+
+pub(crate) struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,420 @@
+//! Upstream pools: endpoints with weights, the balancing policy and passive health.
+//!
+//! A [`Pool`] is immutable once built; only per-endpoint counters and the ejection deadline
+//! change, through atomics, so picking an endpoint takes no lock. When a pool is rebuilt from a
+//! new spec, endpoints with the same address keep their [`Endpoint`] (and with it their health
+//! and counters), so a hot update never forgets that an endpoint is down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::metrics::PoolMetrics;
+
+/// First ejection lasts this long; each further consecutive ejection doubles it.
+const EJECT_BASE_MS: u64 = 1_000;
+/// Upper bound of one ejection.
+const EJECT_MAX_MS: u64 = 30_000;
+
+/// Milliseconds on a monotonic process clock; the unit of every deadline in this module.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// Power of two choices on in-flight requests.
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// The service name, shown to clients when the pool is empty.
+    pub name: String,
+    pub endpoints: Vec<EndpointSpec>,
+    pub balance: Balance,
+}
+
+/// One upstream address and what we know about its health.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once instead of per request.
+    pub(crate) authority: http::uri::Authority,
+    weight: AtomicU32,
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    ejections: AtomicU64,
+    consecutive_ejections: AtomicU32,
+    /// `now_ms()` value until which the endpoint is ejected; 0 when healthy.
+    ejected_until: AtomicU64,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, weight: u32) -> Self {
+        Endpoint {
+            addr,
+            authority: addr
+                .to_string()
+                .parse()
+                .expect("a socket address is a valid authority"),
+            weight: AtomicU32::new(weight),
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            consecutive_ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_available(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// Marks the start of a request or stream; the guard ends it.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The endpoint refused or did not answer a connection: take it out of rotation for a
+    /// back-off period that doubles with each consecutive ejection.
+    /// Returns the ejection length in milliseconds.
+    pub fn eject(&self, now: u64) -> u64 {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        let n = self.consecutive_ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let ms = (EJECT_BASE_MS << n).min(EJECT_MAX_MS);
+        self.ejected_until.store(now + ms, Ordering::Relaxed);
+        ms
+    }
+
+    /// A connection succeeded: the back-off starts from the base again next time.
+    pub fn mark_success(&self) {
+        if self.consecutive_ejections.load(Ordering::Relaxed) != 0 {
+            self.consecutive_ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn status(&self, now: u64) -> EndpointStatus {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        EndpointStatus {
+            addr: self.addr,
+            weight: self.weight.load(Ordering::Relaxed),
+            healthy: until <= now,
+            ejected_for_ms: until.saturating_sub(now),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Held while a request or stream uses an endpoint; feeds least-requests balancing.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EndpointStatus {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub healthy: bool,
+    pub ejected_for_ms: u64,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub failures: u64,
+    pub ejections: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub balance: Balance,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    balance: Balance,
+    endpoints: Vec<Arc<Endpoint>>,
+    /// Endpoint indexes interleaved by weight (smooth weighted round-robin, precomputed).
+    schedule: Vec<u32>,
+    next: AtomicUsize,
+    pub(crate) metrics: PoolMetrics,
+}
+
+impl Pool {
+    /// Builds a pool, reusing the endpoints of `previous` that keep their address.
+    pub(crate) fn build(spec: &PoolSpec, previous: Option<&Pool>, metrics: PoolMetrics) -> Pool {
+        let mut old: HashMap<SocketAddr, &Arc<Endpoint>> = previous
+            .map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect())
+            .unwrap_or_default();
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(spec.endpoints.len());
+        for e in &spec.endpoints {
+            if endpoints.iter().any(|x| x.addr == e.addr) {
+                continue;
+            }
+            let weight = e.weight.max(1);
+            let ep = match old.remove(&e.addr) {
+                Some(existing) => {
+                    existing.weight.store(weight, Ordering::Relaxed);
+                    existing.clone()
+                }
+                None => Arc::new(Endpoint::new(e.addr, weight)),
+            };
+            endpoints.push(ep);
+        }
+        let weights: Vec<u32> = endpoints
+            .iter()
+            .map(|e| e.weight.load(Ordering::Relaxed))
+            .collect();
+        let next = previous.map_or(0, |p| p.next.load(Ordering::Relaxed));
+        Pool {
+            name: Arc::from(spec.name.as_str()),
+            balance: spec.balance,
+            schedule: smooth_schedule(&weights),
+            endpoints,
+            next: AtomicUsize::new(next),
+            metrics,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Chooses an endpoint that is not ejected and is not `exclude`. When every endpoint is
+    /// ejected the pool fails open: a refused connection costs less than refusing everyone.
+    pub fn pick(&self, now: u64, exclude: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let usable = |e: &Arc<Endpoint>| e.is_available(now) && Some(e.addr) != exclude;
+        let chosen = match self.balance {
+            Balance::RoundRobin => self.pick_round_robin(&usable),
+            Balance::LeastRequests => self.pick_least_requests(&usable),
+        };
+        chosen.or_else(|| {
+            // Fail open: everyone is ejected (or excluded); prefer anything but `exclude`.
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            let n = self.endpoints.len();
+            (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .find(|e| Some(e.addr) != exclude)
+                .or_else(|| exclude.is_none().then(|| &self.endpoints[start % n]))
+                .cloned()
+        })
+    }
+
+    fn pick_round_robin(&self, usable: &dyn Fn(&Arc<Endpoint>) -> bool) -> Option<Arc<Endpoint>> {
+        let n = self.schedule.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.endpoints[self.schedule[(start + i) % n] as usize])
+            .find(|e| usable(e))
+            .cloned()
+    }
+
+    fn pick_least_requests(
+        &self,
+        usable: &dyn Fn(&Arc<Endpoint>) -> bool,
+    ) -> Option<Arc<Endpoint>> {
+        let n = self.schedule.len();
+        // Two weighted random draws; fall back to a scan when both are unusable.
+        let a = &self.endpoints[self.schedule[fastrand::usize(..n)] as usize];
+        let b = &self.endpoints[self.schedule[fastrand::usize(..n)] as usize];
+        match (usable(a), usable(b)) {
+            (true, true) => {
+                let la = a.in_flight.load(Ordering::Relaxed);
+                let lb = b.in_flight.load(Ordering::Relaxed);
+                Some(if lb < la { b.clone() } else { a.clone() })
+            }
+            (true, false) => Some(a.clone()),
+            (false, true) => Some(b.clone()),
+            (false, false) => self
+                .endpoints
+                .iter()
+                .filter(|e| usable(e))
+                .min_by_key(|e| e.in_flight.load(Ordering::Relaxed))
+                .cloned(),
+        }
+    }
+
+    pub fn status(&self, now: u64) -> PoolStatus {
+        PoolStatus {
+            name: self.name.to_string(),
+            balance: self.balance,
+            endpoints: self.endpoints.iter().map(|e| e.status(now)).collect(),
+        }
+    }
+}
+
+/// Nginx's smooth weighted round-robin, unrolled into one cycle of endpoint indexes so that the
+/// hot path is an atomic increment. Weights are reduced by their gcd and the cycle is capped.
+fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, w as u64)).max(1);
+    let reduced: Vec<i64> = weights.iter().map(|&w| (w as u64 / g) as i64).collect();
+    let total: i64 = reduced.iter().sum();
+    let len = total.min(4096) as usize;
+    let mut current = vec![0i64; reduced.len()];
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        for (c, w) in current.iter_mut().zip(&reduced) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, -(*i as i64)))
+            .expect("non-empty");
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn spec(weights: &[u32], balance: Balance) -> PoolSpec {
+        PoolSpec {
+            name: "svc".into(),
+            endpoints: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| EndpointSpec {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    weight: w,
+                })
+                .collect(),
+            balance,
+        }
+    }
+
+    fn pool(weights: &[u32], balance: Balance) -> Pool {
+        let m = Metrics::new(&mut Default::default());
+        Pool::build(&spec(weights, balance), None, m.pool("svc"))
+    }
+
+    fn counts(p: &Pool, n: usize, now: u64) -> Vec<usize> {
+        let mut c = vec![0; p.endpoints.len()];
+        for _ in 0..n {
+            let e = p.pick(now, None).unwrap();
+            c[(e.addr.port() - 1000) as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_honours_weights_and_interleaves() {
+        let p = pool(&[1, 2, 1], Balance::RoundRobin);
+        assert_eq!(counts(&p, 400, 1), vec![100, 200, 100]);
+        // Smooth: within one cycle the heavy endpoint never serves twice in a row.
+        let order: Vec<u16> = (0..4).map(|_| p.pick(1, None).unwrap().addr.port()).collect();
+        assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
+    }
+
+    #[test]
+    fn schedule_reduces_weights_by_gcd() {
+        assert_eq!(smooth_schedule(&[100, 200]).len(), 3);
+        assert_eq!(smooth_schedule(&[5, 3, 2]), vec![0, 1, 2, 0, 0, 1, 0, 2, 1, 0]);
+    }
+
+    #[test]
+    fn ejected_endpoint_is_skipped_until_its_backoff_ends() {
+        let p = pool(&[1, 1], Balance::RoundRobin);
+        let first = p.endpoints[0].clone();
+        assert_eq!(first.eject(100), 1_000);
+        assert_eq!(counts(&p, 10, 500), vec![0, 10]);
+        assert_eq!(counts(&p, 10, 1_100), vec![5, 5]);
+        // Consecutive ejections double the back-off, a success resets it.
+        assert_eq!(first.eject(2_000), 2_000);
+        assert_eq!(first.eject(5_000), 4_000);
+        first.mark_success();
+        assert_eq!(first.eject(10_000), 1_000);
+        assert_eq!(first.status(10_500).ejected_for_ms, 500);
+        assert!(!first.status(10_500).healthy);
+    }
+
+    #[test]
+    fn fails_open_when_all_ejected_and_honours_exclude() {
+        let p = pool(&[1, 1], Balance::LeastRequests);
+        p.endpoints[0].eject(0);
+        p.endpoints[1].eject(0);
+        assert!(p.pick(10, None).is_some());
+        let a = p.endpoints[0].addr;
+        for _ in 0..10 {
+            assert_ne!(p.pick(10, Some(a)).unwrap().addr, a);
+        }
+        let single = pool(&[1], Balance::RoundRobin);
+        let only = single.endpoints[0].addr;
+        assert!(single.pick(10, Some(only)).is_none());
+        assert!(pool(&[], Balance::RoundRobin).pick(0, None).is_none());
+    }
+
+    #[test]
+    fn least_requests_prefers_idle_endpoint() {
+        let p = pool(&[1, 1], Balance::LeastRequests);
+        let _busy: Vec<_> = (0..5).map(|_| p.endpoints[0].begin()).collect();
+        let c = counts(&p, 200, 1);
+        // Whenever both are drawn, the idle one wins: at least 3/4 of picks in expectation.
+        assert!(c[1] > 130, "{c:?}");
+        drop(_busy);
+        assert_eq!(p.endpoints[0].status(1).in_flight, 0);
+    }
+
+    #[test]
+    fn rebuild_keeps_endpoint_state_by_address() {
+        let m = Metrics::new(&mut Default::default());
+        let a = Pool::build(&spec(&[1, 1], Balance::RoundRobin), None, m.pool("svc"));
+        a.endpoints[1].eject(0);
+        let mut s = spec(&[1, 1, 3], Balance::RoundRobin);
+        s.endpoints.remove(0);
+        let b = Pool::build(&s, Some(&a), m.pool("svc"));
+        assert_eq!(b.endpoints.len(), 2);
+        assert!(Arc::ptr_eq(&a.endpoints[1], &b.endpoints[0]));
+        assert!(!b.endpoints[0].is_available(10));
+        assert_eq!(b.endpoints[1].status(0).weight, 3);
+    }
+}

@@ -1,0 +1,174 @@
+//! HTTP routing: host first (exact, then the longest matching `*.suffix` wildcard, then `*`),
+//! then the longest path prefix among that host's routes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteSpec {
+    /// Exact names (`api.example.com`), wildcards (`*.example.com`) or `*` for any host.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub pool: String,
+    /// Answer plain-HTTP requests with a 308 to https when the host has a certificate.
+    pub redirect_https: bool,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path_prefix: String,
+    pub pool: Arc<str>,
+    pub redirect_https: bool,
+}
+
+/// Routes of one host, longest prefix first.
+#[derive(Debug, Default)]
+struct HostRoutes(Vec<Arc<Route>>);
+
+impl HostRoutes {
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.0.iter().find(|r| path.starts_with(&r.path_prefix))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, HostRoutes>,
+    /// Keyed by the suffix after `*.`, e.g. `example.com`.
+    wildcard: HashMap<String, HostRoutes>,
+    any: HostRoutes,
+}
+
+impl Router {
+    pub fn new(specs: &[RouteSpec]) -> Router {
+        let mut router = Router::default();
+        for spec in specs {
+            let route = Arc::new(Route {
+                path_prefix: spec.path_prefix.clone(),
+                pool: Arc::from(spec.pool.as_str()),
+                redirect_https: spec.redirect_https,
+            });
+            for host in &spec.hosts {
+                let host = host.to_ascii_lowercase();
+                let slot = if host == "*" {
+                    &mut router.any
+                } else if let Some(suffix) = host.strip_prefix("*.") {
+                    router.wildcard.entry(suffix.to_string()).or_default()
+                } else {
+                    router.exact.entry(host).or_default()
+                };
+                slot.0.push(route.clone());
+            }
+        }
+        let all = router
+            .exact
+            .values_mut()
+            .chain(router.wildcard.values_mut())
+            .chain(std::iter::once(&mut router.any));
+        for routes in all {
+            // Stable sort: among equal prefixes the first configured route wins.
+            routes
+                .0
+                .sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        }
+        router
+    }
+
+    /// `host` must already be lower-case and without port.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        if let Some(routes) = self.exact.get(host) {
+            return routes.find(path);
+        }
+        if !self.wildcard.is_empty() {
+            // Longest suffix first: a.b.example.com tries b.example.com, then example.com.
+            let mut rest = host;
+            while let Some((_, suffix)) = rest.split_once('.') {
+                if let Some(routes) = self.wildcard.get(suffix) {
+                    return routes.find(path);
+                }
+                rest = suffix;
+            }
+        }
+        self.any.find(path)
+    }
+}
+
+/// Lower-cases a Host header or authority and strips the port and a trailing dot.
+/// Returns `None` for a value that is not a plausible host name.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let host = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        &raw[..=raw.find(']')?]
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+    {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(hosts: &[&str], prefix: &str, pool: &str) -> RouteSpec {
+        RouteSpec {
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            path_prefix: prefix.into(),
+            pool: pool.into(),
+            redirect_https: true,
+        }
+    }
+
+    fn pool_of<'a>(r: &'a Router, host: &str, path: &str) -> Option<&'a str> {
+        r.find(host, path).map(|r| &*r.pool)
+    }
+
+    #[test]
+    fn exact_then_longest_prefix() {
+        let r = Router::new(&[
+            spec(&["api.example.com"], "/", "root"),
+            spec(&["api.example.com"], "/v1/", "v1"),
+            spec(&["API.example.com"], "/v1/admin", "admin"),
+        ]);
+        assert_eq!(pool_of(&r, "api.example.com", "/x"), Some("root"));
+        assert_eq!(pool_of(&r, "api.example.com", "/v1/users"), Some("v1"));
+        assert_eq!(pool_of(&r, "api.example.com", "/v1/admin/x"), Some("admin"));
+        assert_eq!(pool_of(&r, "other.example.com", "/"), None);
+    }
+
+    #[test]
+    fn wildcard_longest_suffix_then_any() {
+        let r = Router::new(&[
+            spec(&["*.example.com"], "/", "wild"),
+            spec(&["*.eu.example.com"], "/", "eu"),
+            spec(&["exact.example.com"], "/only", "exact"),
+            spec(&["*"], "/", "fallback"),
+        ]);
+        assert_eq!(pool_of(&r, "a.example.com", "/"), Some("wild"));
+        assert_eq!(pool_of(&r, "a.b.example.com", "/"), Some("wild"));
+        assert_eq!(pool_of(&r, "x.eu.example.com", "/"), Some("eu"));
+        assert_eq!(pool_of(&r, "example.com", "/"), Some("fallback"));
+        // An exact host owns its name: no fall-through to wildcard when no path matches.
+        assert_eq!(pool_of(&r, "exact.example.com", "/other"), None);
+        assert_eq!(pool_of(&r, "unrelated.org", "/"), Some("fallback"));
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalize_host("Example.COM:8443").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host("bad host"), None);
+        assert_eq!(normalize_host("a/b"), None);
+    }
+}

@@ -1,0 +1,468 @@
+//! Listeners, connection lifecycle and the [`Proxy`] handle the node drives.
+//!
+//! Two stop signals exist and they differ on purpose: removing a listener (a config change)
+//! only stops accepting on it, its connections carry on; draining (shutdown) also asks every
+//! HTTP connection to finish its in-flight requests and close, then waits for them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use crate::http::{self, ConnInfo, ReqBody};
+use crate::metrics::{Direction, Metrics};
+use crate::pool::{now_ms, PoolStatus};
+use crate::proxy_protocol;
+use crate::route::RouteSpec;
+use crate::table::{Table, TableSpec, TcpRouteSpec};
+use crate::tcp;
+use crate::tls::{self, CertStatus, CertStore};
+
+/// Timeouts of the data path. Later hardening makes each configurable per listener.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Time a client has to send a complete request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// Time a PROXY protocol sender has to send its header.
+    pub proxy_protocol_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            proxy_protocol_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            upstream_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ListenerKind {
+    Http,
+    Https,
+    Tcp { idle_timeout_ms: Option<u64> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+    /// Expect a PROXY protocol v2 header first (an NLB in front) and take the client address
+    /// from it.
+    pub accept_proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerStatus {
+    #[serde(flatten)]
+    pub spec: ListenerSpec,
+    /// The address actually bound (differs from `spec.addr` for port 0).
+    pub bound: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub listeners: Vec<ListenerStatus>,
+    pub routes: Vec<RouteSpec>,
+    pub tcp_routes: Vec<TcpRouteSpec>,
+    pub pools: Vec<PoolStatus>,
+    pub certificates: Vec<CertStatus>,
+    pub active_connections: usize,
+    pub draining: bool,
+}
+
+type HttpClient = Client<HttpConnector, ReqBody>;
+
+/// State every connection task reaches through one `Arc`.
+pub(crate) struct Shared {
+    pub table: ArcSwap<Table>,
+    pub certs: Arc<CertStore>,
+    pub client: HttpClient,
+    pub metrics: Metrics,
+    pub settings: ProxySettings,
+    pub bytes_up: Counter,
+    pub bytes_down: Counter,
+    tls: TlsAcceptor,
+    http: auto::Builder<TokioExecutor>,
+    drain: watch::Sender<bool>,
+    conns: ConnTracker,
+}
+
+/// Counts live client connections so a drain can wait for them.
+#[derive(Default)]
+struct ConnTracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnGuard(Arc<Shared>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.conns.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.conns.idle.notify_waiters();
+        }
+    }
+}
+
+struct Running {
+    spec: ListenerSpec,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The data path of one node. Cheap to share behind an `Arc`.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listeners: Mutex<Vec<Running>>,
+}
+
+impl Proxy {
+    pub fn new(metrics: Metrics, certs: Arc<CertStore>, settings: ProxySettings) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.upstream_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(250);
+        let shared = Shared {
+            table: ArcSwap::from_pointee(Table::default()),
+            tls: TlsAcceptor::from(tls::server_config(certs.clone())),
+            certs,
+            client,
+            bytes_up: metrics.bytes(Direction::ClientToUpstream),
+            bytes_down: metrics.bytes(Direction::UpstreamToClient),
+            metrics,
+            settings,
+            http,
+            drain: watch::channel(false).0,
+            conns: ConnTracker::default(),
+        };
+        Proxy {
+            shared: Arc::new(shared),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Replaces routes and pools atomically. Endpoint health survives for addresses that stay.
+    pub fn apply(&self, spec: TableSpec) {
+        let old = self.shared.table.load();
+        let table = Table::build(spec, &old, &self.shared.metrics);
+        self.shared.table.store(Arc::new(table));
+    }
+
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.shared.certs
+    }
+
+    /// Makes the running listeners equal to `specs`: binds new ones, stops removed ones (their
+    /// connections carry on) and leaves unchanged ones alone. All-or-nothing: when a bind
+    /// fails, nothing changes and the error names the listener.
+    pub async fn set_listeners(&self, specs: &[ListenerSpec]) -> Result<(), ListenerError> {
+        let mut running = self.listeners.lock().await;
+        let (keep, stop): (Vec<Running>, Vec<Running>) =
+            running.drain(..).partition(|r| specs.contains(&r.spec));
+        let new: Vec<&ListenerSpec> = specs
+            .iter()
+            .filter(|s| !keep.iter().any(|r| &r.spec == *s))
+            .collect();
+        // Bind what is free now, so a bad address changes nothing. An address held by a
+        // listener being replaced can only be bound after that one has stopped.
+        let mut bound = Vec::new();
+        for spec in new.iter().filter(|s| !stop.iter().any(|r| r.bound == s.addr)) {
+            match bind(spec) {
+                Ok(l) => bound.push(((*spec).clone(), l)),
+                Err(e) => {
+                    *running = keep.into_iter().chain(stop).collect();
+                    return Err(e);
+                }
+            }
+        }
+        for r in stop {
+            info!(listener = %r.spec.name, addr = %r.bound, "listener stopped");
+            let _ = r.stop.send(true);
+            let _ = r.task.await;
+        }
+        *running = keep;
+        let mut result = Ok(());
+        let pending: Vec<&ListenerSpec> = new
+            .into_iter()
+            .filter(|s| !bound.iter().any(|(b, _)| b == *s))
+            .collect();
+        for spec in pending {
+            match bind(spec) {
+                Ok(l) => bound.push((spec.clone(), l)),
+                Err(e) => result = Err(e),
+            }
+        }
+        for (spec, listener) in bound {
+            let addr = listener.local_addr().unwrap_or(spec.addr);
+            info!(listener = %spec.name, %addr, kind = ?spec.kind, "listening");
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(accept_loop(
+                self.shared.clone(),
+                spec.clone(),
+                listener,
+                stop_rx,
+            ));
+            running.push(Running {
+                spec,
+                bound: addr,
+                stop,
+                task,
+            });
+        }
+        result
+    }
+
+    /// Addresses bound, by listener name.
+    pub async fn bound_addrs(&self) -> HashMap<String, SocketAddr> {
+        let running = self.listeners.lock().await;
+        running
+            .iter()
+            .map(|r| (r.spec.name.clone(), r.bound))
+            .collect()
+    }
+
+    pub fn status(&self) -> ProxyStatus {
+        let table = self.shared.table.load();
+        let listeners = match self.listeners.try_lock() {
+            Ok(l) => l
+                .iter()
+                .map(|r| ListenerStatus {
+                    spec: r.spec.clone(),
+                    bound: r.bound,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        ProxyStatus {
+            listeners,
+            routes: table.spec.routes.clone(),
+            tcp_routes: table.spec.tcp_routes.clone(),
+            pools: table.pool_status(now_ms()),
+            certificates: self.shared.certs.status(),
+            active_connections: self.shared.conns.live.load(Ordering::Relaxed),
+            draining: *self.shared.drain.borrow(),
+        }
+    }
+
+    /// Stops accepting everywhere, lets in-flight HTTP requests finish and TCP streams run, for
+    /// at most `deadline`. Returns how many connections were still open at the deadline.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        self.shared.drain.send_replace(true);
+        let wait = async {
+            loop {
+                let idle = self.shared.conns.idle.notified();
+                if self.shared.conns.live.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.shared.conns.live.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name} on {addr}: {source}")]
+pub struct ListenerError {
+    pub name: String,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn bind(spec: &ListenerSpec) -> Result<TcpListener, ListenerError> {
+    let addr = spec.addr;
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    };
+    listen().map_err(|source| ListenerError {
+        name: spec.name.clone(),
+        addr,
+        source,
+    })
+}
+
+pub(crate) fn set_keepalive(s: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15));
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "setting TCP keepalive failed");
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    spec: ListenerSpec,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    let lm = shared.metrics.listener(&spec.name);
+    let mut drain = shared.drain.subscribe();
+    if *drain.borrow_and_update() {
+        return;
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+            _ = drain.changed() => return,
+        };
+        shared.conns.live.fetch_add(1, Ordering::AcqRel);
+        let guard = (ConnGuard(shared.clone()), lm.open());
+        let shared = shared.clone();
+        let spec_kind = spec.kind.clone();
+        let accept_pp = spec.accept_proxy_protocol;
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = stream.set_nodelay(true);
+            set_keepalive(&stream);
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            let mut stream = stream;
+            let mut peer = peer;
+            if accept_pp {
+                let t = shared.settings.proxy_protocol_timeout;
+                match tokio::time::timeout(t, proxy_protocol::read_v2(&mut stream)).await {
+                    Ok(Ok(Some(client))) => peer = client,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        warn!(listener = %name, %peer, error = %e, "PROXY protocol header rejected");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(listener = %name, %peer, "no PROXY protocol header in time");
+                        return;
+                    }
+                }
+            }
+            match spec_kind {
+                ListenerKind::Http => serve_http(shared, stream, ConnInfo { peer, tls: false }).await,
+                ListenerKind::Https => {
+                    let t = shared.settings.tls_handshake_timeout;
+                    match tokio::time::timeout(t, shared.tls.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            serve_http(shared, tls, ConnInfo { peer, tls: true }).await
+                        }
+                        Ok(Err(e)) => debug!(listener = %name, %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(listener = %name, %peer, "TLS handshake timed out"),
+                    }
+                }
+                ListenerKind::Tcp { idle_timeout_ms } => {
+                    let conn = tcp::TcpConn {
+                        listener: name,
+                        client: stream,
+                        peer,
+                        local,
+                        idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+                    };
+                    // A drain lets TCP streams run until the deadline; the process exit ends them.
+                    tcp::serve(shared, conn).await
+                }
+            }
+        });
+    }
+}
+
+async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| http::handle(svc_shared.clone(), info, req));
+    let conn = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut drain = shared.drain.subscribe();
+    let mut draining = *drain.borrow_and_update();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            changed = drain.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        let parse_error = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse() || h.is_parse_too_large());
+        if parse_error {
+            shared.metrics.bad_request();
+            debug!(peer = %info.peer, error = %e, "malformed HTTP request");
+        } else {
+            debug!(peer = %info.peer, error = %e, "HTTP connection ended with error");
+        }
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,72 @@
+//! The routing snapshot: routes, pools and TCP routes, built from a [`TableSpec`] and swapped
+//! whole. Requests and connections hold the `Arc<Pool>` they started with, so a swap never
+//! disturbs them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolSpec, PoolStatus};
+use crate::route::{RouteSpec, Router};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcpRouteSpec {
+    /// Name of the TCP listener whose connections go to `pool`.
+    pub listener: String,
+    pub pool: String,
+    /// Send a PROXY protocol v2 header with the client's address to the upstream.
+    pub send_proxy_protocol: bool,
+}
+
+/// Everything the data path routes by. Validated by the caller (the node's config checks):
+/// a route may name a pool that does not exist, and then answers 503 like an empty pool.
+#[derive(Debug, Clone, Default)]
+pub struct TableSpec {
+    pub routes: Vec<RouteSpec>,
+    pub pools: Vec<PoolSpec>,
+    pub tcp_routes: Vec<TcpRouteSpec>,
+    /// Public port of the HTTPS listener, for redirects; `None` disables redirects.
+    pub https_port: Option<u16>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    pub router: Router,
+    pub pools: HashMap<Arc<str>, Arc<Pool>>,
+    pub tcp: HashMap<String, TcpRouteSpec>,
+    pub https_port: Option<u16>,
+    pub spec: TableSpec,
+}
+
+impl Table {
+    pub fn build(spec: TableSpec, previous: &Table, metrics: &Metrics) -> Table {
+        let pools = spec
+            .pools
+            .iter()
+            .map(|p| {
+                let old = previous.pools.get(p.name.as_str()).map(|a| &**a);
+                let pool = Pool::build(p, old, metrics.pool(&p.name));
+                (pool.name.clone(), Arc::new(pool))
+            })
+            .collect();
+        Table {
+            router: Router::new(&spec.routes),
+            pools,
+            tcp: spec
+                .tcp_routes
+                .iter()
+                .map(|t| (t.listener.clone(), t.clone()))
+                .collect(),
+            https_port: spec.https_port,
+            spec,
+        }
+    }
+
+    pub fn pool_status(&self, now: u64) -> Vec<PoolStatus> {
+        let mut v: Vec<PoolStatus> = self.pools.values().map(|p| p.status(now)).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}

@@ -1,0 +1,119 @@
+//! Raw TCP relaying: one client connection, one upstream connection, bytes copied both ways
+//! with half-close preserved (a FIN from one side is passed on while the other direction keeps
+//! flowing). There is no idle timeout unless the listener configures one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::body::Counted;
+use crate::pool::now_ms;
+use crate::proxy_protocol;
+use crate::server::{set_keepalive, Shared};
+
+pub struct TcpConn {
+    pub listener: Arc<str>,
+    pub client: TcpStream,
+    /// The client's address (from PROXY protocol when the listener accepts it).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub idle_timeout: Option<Duration>,
+}
+
+pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
+    let TcpConn {
+        listener,
+        client,
+        peer,
+        local,
+        idle_timeout,
+    } = conn;
+    let (pool, send_pp) = {
+        let table = shared.table.load();
+        let Some(route) = table.tcp.get(&*listener) else {
+            warn!(%listener, %peer, "no TCP route for listener; closing");
+            return;
+        };
+        (table.pools.get(route.pool.as_str()).cloned(), route.send_proxy_protocol)
+    };
+    let Some(pool) = pool.filter(|p| !p.is_empty()) else {
+        warn!(%listener, %peer, "no running tasks for the listener's service; closing");
+        return;
+    };
+
+    let mut exclude = None;
+    let mut upstream = None;
+    for _ in 0..2 {
+        let Some(ep) = pool.pick(now_ms(), exclude) else {
+            break;
+        };
+        match tokio::time::timeout(shared.settings.connect_timeout, TcpStream::connect(ep.addr))
+            .await
+        {
+            Ok(Ok(s)) => {
+                ep.mark_success();
+                upstream = Some((s, ep));
+                break;
+            }
+            Ok(Err(e)) => warn!(pool = %pool.name, endpoint = %ep.addr, error = %e, "upstream connect failed; endpoint ejected"),
+            Err(_) => warn!(pool = %pool.name, endpoint = %ep.addr, "upstream connect timed out; endpoint ejected"),
+        }
+        ep.eject(now_ms());
+        pool.metrics.ejections.inc();
+        pool.metrics.errors.inc();
+        exclude = Some(ep.addr);
+    }
+    let Some((mut up, ep)) = upstream else {
+        return;
+    };
+    let _in_flight = ep.begin();
+    let _ = up.set_nodelay(true);
+    set_keepalive(&up);
+    if send_pp {
+        if let Err(e) = up.write_all(&proxy_protocol::encode_v2(peer, local)).await {
+            warn!(endpoint = %ep.addr, error = %e, "writing PROXY header failed");
+            return;
+        }
+    }
+
+    let activity = Arc::new(AtomicU64::new(now_ms()));
+    let mut c = Counted::new(client, shared.bytes_up.clone(), activity.clone());
+    let mut u = Counted::new(up, shared.bytes_down.clone(), activity.clone());
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 64 * 1024, 64 * 1024);
+    let result = match idle_timeout {
+        None => copy.await,
+        Some(idle) => {
+            tokio::select! {
+                r = copy => r,
+                _ = idle_expired(&activity, idle) => {
+                    debug!(%listener, %peer, "TCP stream idle; closing");
+                    return;
+                }
+            }
+        }
+    };
+    match result {
+        Ok((to_up, to_client)) => {
+            debug!(%listener, %peer, endpoint = %ep.addr, to_up, to_client, "TCP stream closed")
+        }
+        Err(e) => debug!(%listener, %peer, endpoint = %ep.addr, error = %e, "TCP stream ended"),
+    }
+}
+
+async fn idle_expired(activity: &AtomicU64, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let last = activity.load(Ordering::Relaxed);
+        let deadline = last + idle_ms;
+        let now = now_ms();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+    }
+}

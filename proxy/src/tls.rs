@@ -1,0 +1,274 @@
+//! TLS termination: a hot-swappable certificate store and the SNI resolver rustls asks.
+//!
+//! The store is replaced whole (arc-swap): a handshake sees either the old or the new set,
+//! never a mix, and an established TLS session keeps the certificate it was started with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate for {names:?}: no certificate in the chain")]
+    EmptyChain { names: Vec<String> },
+    #[error("certificate for {names:?}: unusable private key: {source}")]
+    Key {
+        names: Vec<String>,
+        source: rustls::Error,
+    },
+}
+
+/// One certificate and the names it serves, with what operators want to see about it.
+#[derive(Clone)]
+pub struct CertEntry {
+    pub names: Vec<String>,
+    pub key: Arc<CertifiedKey>,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Where it came from: "local-ca", "acme", "file:/path", ...
+    pub source: String,
+}
+
+impl fmt::Debug for CertEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertEntry")
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl CertEntry {
+    pub fn new(
+        names: Vec<String>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        not_after: i64,
+        source: impl Into<String>,
+    ) -> Result<CertEntry, CertError> {
+        if chain.is_empty() {
+            return Err(CertError::EmptyChain { names });
+        }
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|source| CertError::Key {
+                names: names.clone(),
+                source,
+            })?;
+        Ok(CertEntry {
+            names,
+            key: Arc::new(CertifiedKey::new(chain, signing)),
+            not_after,
+            source: source.into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertStatus {
+    pub names: Vec<String>,
+    pub not_after: i64,
+    pub source: String,
+    pub default: bool,
+}
+
+#[derive(Default)]
+struct CertSet {
+    entries: Vec<CertEntry>,
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+impl CertSet {
+    fn find(&self, name: &str) -> Option<&CertEntry> {
+        let i = self.exact.get(name).or_else(|| {
+            // A certificate wildcard covers exactly one label (RFC 6125).
+            let (_, suffix) = name.split_once('.')?;
+            self.wildcard.get(suffix)
+        })?;
+        Some(&self.entries[*i])
+    }
+}
+
+/// The certificates this node serves, looked up by SNI name.
+#[derive(Default)]
+pub struct CertStore {
+    set: ArcSwap<CertSet>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("entries", &self.set.load().entries)
+            .finish()
+    }
+}
+
+impl CertStore {
+    /// Replaces the whole set atomically. When several entries claim a name, the one that
+    /// expires last wins. `default`, an index into `entries`, answers names nobody claims.
+    pub fn replace(&self, entries: Vec<CertEntry>, default: Option<usize>) {
+        let mut set = CertSet {
+            default: default.filter(|&d| d < entries.len()),
+            ..CertSet::default()
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            for name in &entry.names {
+                let name = name.to_ascii_lowercase();
+                let map = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut set.wildcard, suffix.to_string()),
+                    None => (&mut set.exact, name),
+                };
+                let (map, key) = map;
+                match map.get(&key) {
+                    Some(&j) if entries[j].not_after >= entry.not_after => {}
+                    _ => {
+                        map.insert(key, i);
+                    }
+                }
+            }
+        }
+        set.entries = entries;
+        self.set.store(Arc::new(set));
+    }
+
+    /// Whether a certificate is configured for this exact host (the default does not count).
+    pub fn covers(&self, host: &str) -> bool {
+        self.set.load().find(host).is_some()
+    }
+
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let set = self.set.load();
+        let found = sni.and_then(|n| set.find(&n.to_ascii_lowercase()));
+        found
+            .or_else(|| set.default.map(|d| &set.entries[d]))
+            .map(|e| e.key.clone())
+    }
+
+    pub fn entries(&self) -> Vec<CertEntry> {
+        self.set.load().entries.clone()
+    }
+
+    pub fn status(&self) -> Vec<CertStatus> {
+        let set = self.set.load();
+        set.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| CertStatus {
+                names: e.names.clone(),
+                not_after: e.not_after,
+                source: e.source.clone(),
+                default: set.default == Some(i),
+            })
+            .collect()
+    }
+}
+
+/// rustls' view of the store. Returning `None` makes rustls abort the handshake with an alert.
+#[derive(Debug)]
+struct StoreResolver(Arc<CertStore>);
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.lookup(hello.server_name())
+    }
+}
+
+/// The server configuration of every TLS listener: TLS 1.2 and 1.3, ALPN h2 then http/1.1,
+/// certificates from `store`. Built once; the store changes underneath it.
+pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(StoreResolver(store)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(names: &[&str], not_after: i64) -> CertEntry {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names.clone())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        CertEntry::new(
+            names,
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            not_after,
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn lookup_exact_wildcard_default() {
+        let store = CertStore::default();
+        let a = entry(&["a.example.com"], 10);
+        let w = entry(&["*.example.com"], 10);
+        let d = entry(&["default.test"], 10);
+        store.replace(vec![a.clone(), w.clone(), d.clone()], None);
+        let is = |got: Option<Arc<CertifiedKey>>, e: &CertEntry| Arc::ptr_eq(&got.unwrap(), &e.key);
+        assert!(is(store.lookup(Some("A.example.com")), &a));
+        assert!(is(store.lookup(Some("b.example.com")), &w));
+        // One label only for certificate wildcards.
+        assert!(store.lookup(Some("x.b.example.com")).is_none());
+        assert!(store.lookup(None).is_none());
+        assert!(store.covers("b.example.com") && !store.covers("example.com"));
+
+        store.replace(vec![a, w, d.clone()], Some(2));
+        assert!(is(store.lookup(Some("unknown.org")), &d));
+        assert!(is(store.lookup(None), &d));
+        assert!(!store.covers("unknown.org"));
+        assert_eq!(store.status().iter().filter(|s| s.default).count(), 1);
+    }
+
+    #[test]
+    fn later_expiry_wins_a_shared_name() {
+        let store = CertStore::default();
+        let old = entry(&["a.test"], 100);
+        let new = entry(&["a.test"], 200);
+        store.replace(vec![new.clone(), old.clone()], None);
+        assert!(Arc::ptr_eq(&store.lookup(Some("a.test")).unwrap(), &new.key));
+        store.replace(vec![old, new.clone()], None);
+        assert!(Arc::ptr_eq(&store.lookup(Some("a.test")).unwrap(), &new.key));
+    }
+
+    #[test]
+    fn rejects_empty_chain_and_bad_key() {
+        let err = CertEntry::new(
+            vec!["x.test".into()],
+            vec![],
+            PrivateKeyDer::Pkcs8(vec![1, 2, 3].into()),
+            0,
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("x.test"), "{err}");
+        let err = CertEntry::new(
+            vec!["y.test".into()],
+            vec![CertificateDer::from(vec![1u8])],
+            PrivateKeyDer::Pkcs8(vec![1, 2, 3].into()),
+            0,
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("y.test"), "{err}");
+    }
+}
