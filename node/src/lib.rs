@@ -1,0 +1,10 @@
+//! The edgemesh node: configuration, the daemon around the data path, the admin API and the
+//! operator CLI's client side. The only crate that knows about the process and (later) AWS.
+
+pub mod admin;
+pub mod certs;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod local_ca;
+pub mod logging;

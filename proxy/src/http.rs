@@ -122,7 +122,13 @@ async fn forward(
             (0, Some(b)) => build(&parts.method, &ep, &path, parts.headers.clone(), b),
             _ => {
                 let headers = retry_headers.clone().unwrap_or_default();
-                build(&parts.method, &ep, &path, headers, Either::Right(Empty::new()))
+                build(
+                    &parts.method,
+                    &ep,
+                    &path,
+                    headers,
+                    Either::Right(Empty::new()),
+                )
             }
         };
         let Some(upstream_req) = upstream_req else {
@@ -322,7 +328,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -100,7 +100,10 @@ impl Endpoint {
     pub fn eject(&self, now: u64) -> u64 {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
-        let n = self.consecutive_ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let n = self
+            .consecutive_ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .min(5);
         let ms = (EJECT_BASE_MS << n).min(EJECT_MAX_MS);
         self.ejected_until.store(now + ms, Ordering::Relaxed);
         ms
@@ -351,14 +354,19 @@ mod tests {
         let p = pool(&[1, 2, 1], Balance::RoundRobin);
         assert_eq!(counts(&p, 400, 1), vec![100, 200, 100]);
         // Smooth: within one cycle the heavy endpoint never serves twice in a row.
-        let order: Vec<u16> = (0..4).map(|_| p.pick(1, None).unwrap().addr.port()).collect();
+        let order: Vec<u16> = (0..4)
+            .map(|_| p.pick(1, None).unwrap().addr.port())
+            .collect();
         assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
     }
 
     #[test]
     fn schedule_reduces_weights_by_gcd() {
         assert_eq!(smooth_schedule(&[100, 200]).len(), 3);
-        assert_eq!(smooth_schedule(&[5, 3, 2]), vec![0, 1, 2, 0, 0, 1, 0, 2, 1, 0]);
+        assert_eq!(
+            smooth_schedule(&[5, 3, 2]),
+            vec![0, 1, 2, 0, 0, 1, 0, 2, 1, 0]
+        );
     }
 
     #[test]

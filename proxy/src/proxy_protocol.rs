@@ -18,7 +18,9 @@ pub async fn read_v2<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Socke
     r.read_exact(&mut buf[..FIXED]).await?;
     let len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
     if len > MAX_PAYLOAD {
-        return Err(invalid(format!("PROXY v2 header of {len} bytes is too long")));
+        return Err(invalid(format!(
+            "PROXY v2 header of {len} bytes is too long"
+        )));
     }
     r.read_exact(&mut buf[FIXED..FIXED + len]).await?;
     let header = Header::try_from(&buf[..FIXED + len])
@@ -42,9 +44,13 @@ pub fn encode_v2(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
         }
         _ => (to_v6(client), to_v6(local)),
     };
-    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (client, local))
-        .build()
-        .expect("a header with two addresses fits")
+    Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        (client, local),
+    )
+    .build()
+    .expect("a header with two addresses fits")
 }
 
 fn to_v6(a: SocketAddr) -> SocketAddr {

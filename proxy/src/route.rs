@@ -164,8 +164,14 @@ mod tests {
 
     #[test]
     fn host_normalisation() {
-        assert_eq!(normalize_host("Example.COM:8443").as_deref(), Some("example.com"));
-        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_host("Example.COM:8443").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host(""), None);
         assert_eq!(normalize_host("bad host"), None);

@@ -206,7 +206,10 @@ impl Proxy {
         // Bind what is free now, so a bad address changes nothing. An address held by a
         // listener being replaced can only be bound after that one has stopped.
         let mut bound = Vec::new();
-        for spec in new.iter().filter(|s| !stop.iter().any(|r| r.bound == s.addr)) {
+        for spec in new
+            .iter()
+            .filter(|s| !stop.iter().any(|r| r.bound == s.addr))
+        {
             match bind(spec) {
                 Ok(l) => bound.push(((*spec).clone(), l)),
                 Err(e) => {
@@ -302,13 +305,13 @@ impl Proxy {
     }
 }
 
+/// The cause is part of the message (not `source()`), so a chain printer shows it once.
 #[derive(Debug, thiserror::Error)]
-#[error("listener {name} on {addr}: {source}")]
+#[error("listener {name} on {addr}: {cause}")]
 pub struct ListenerError {
     pub name: String,
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub cause: std::io::Error,
 }
 
 fn bind(spec: &ListenerSpec) -> Result<TcpListener, ListenerError> {
@@ -322,10 +325,10 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, ListenerError> {
         socket.bind(addr)?;
         socket.listen(4096)
     };
-    listen().map_err(|source| ListenerError {
+    listen().map_err(|cause| ListenerError {
         name: spec.name.clone(),
         addr,
-        source,
+        cause,
     })
 }
 
@@ -395,14 +398,16 @@ async fn accept_loop(
                 }
             }
             match spec_kind {
-                ListenerKind::Http => serve_http(shared, stream, ConnInfo { peer, tls: false }).await,
+                ListenerKind::Http => {
+                    serve_http(shared, stream, ConnInfo { peer, tls: false }).await
+                }
                 ListenerKind::Https => {
                     let t = shared.settings.tls_handshake_timeout;
                     match tokio::time::timeout(t, shared.tls.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            serve_http(shared, tls, ConnInfo { peer, tls: true }).await
+                        Ok(Ok(tls)) => serve_http(shared, tls, ConnInfo { peer, tls: true }).await,
+                        Ok(Err(e)) => {
+                            debug!(listener = %name, %peer, error = %e, "TLS handshake failed")
                         }
-                        Ok(Err(e)) => debug!(listener = %name, %peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(listener = %name, %peer, "TLS handshake timed out"),
                     }
                 }

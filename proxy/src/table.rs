@@ -22,7 +22,7 @@ pub struct TcpRouteSpec {
 
 /// Everything the data path routes by. Validated by the caller (the node's config checks):
 /// a route may name a pool that does not exist, and then answers 503 like an empty pool.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableSpec {
     pub routes: Vec<RouteSpec>,
     pub pools: Vec<PoolSpec>,

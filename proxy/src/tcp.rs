@@ -39,7 +39,10 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
             warn!(%listener, %peer, "no TCP route for listener; closing");
             return;
         };
-        (table.pools.get(route.pool.as_str()).cloned(), route.send_proxy_protocol)
+        (
+            table.pools.get(route.pool.as_str()).cloned(),
+            route.send_proxy_protocol,
+        )
     };
     let Some(pool) = pool.filter(|p| !p.is_empty()) else {
         warn!(%listener, %peer, "no running tasks for the listener's service; closing");
@@ -60,8 +63,12 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
                 upstream = Some((s, ep));
                 break;
             }
-            Ok(Err(e)) => warn!(pool = %pool.name, endpoint = %ep.addr, error = %e, "upstream connect failed; endpoint ejected"),
-            Err(_) => warn!(pool = %pool.name, endpoint = %ep.addr, "upstream connect timed out; endpoint ejected"),
+            Ok(Err(e)) => {
+                warn!(pool = %pool.name, endpoint = %ep.addr, error = %e, "upstream connect failed; endpoint ejected")
+            }
+            Err(_) => {
+                warn!(pool = %pool.name, endpoint = %ep.addr, "upstream connect timed out; endpoint ejected")
+            }
         }
         ep.eject(now_ms());
         pool.metrics.ejections.inc();

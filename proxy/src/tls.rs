@@ -57,11 +57,12 @@ impl CertEntry {
         if chain.is_empty() {
             return Err(CertError::EmptyChain { names });
         }
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|source| CertError::Key {
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+            CertError::Key {
                 names: names.clone(),
                 source,
-            })?;
+            }
+        })?;
         Ok(CertEntry {
             names,
             key: Arc::new(CertifiedKey::new(chain, signing)),
@@ -245,9 +246,15 @@ mod tests {
         let old = entry(&["a.test"], 100);
         let new = entry(&["a.test"], 200);
         store.replace(vec![new.clone(), old.clone()], None);
-        assert!(Arc::ptr_eq(&store.lookup(Some("a.test")).unwrap(), &new.key));
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("a.test")).unwrap(),
+            &new.key
+        ));
         store.replace(vec![old, new.clone()], None);
-        assert!(Arc::ptr_eq(&store.lookup(Some("a.test")).unwrap(), &new.key));
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("a.test")).unwrap(),
+            &new.key
+        ));
     }
 
     #[test]

@@ -1,1 +1,341 @@
-fn main() {}
+//! `meshctl`: what an edgemesh node knows, from its admin API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Inspect and steer an edgemesh node"
+)]
+struct Cli {
+    /// Admin API address of the node.
+    #[arg(
+        long,
+        env = "MESHCTL_ADDR",
+        default_value = "127.0.0.1:9901",
+        global = true
+    )]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Listeners, routes, pools with each endpoint's health, certificates with days left.
+    Status {
+        /// Print the node's JSON status as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the node to re-read its configuration file.
+    Reload,
+}
+
+#[derive(Deserialize)]
+struct Status {
+    version: String,
+    config: ConfigState,
+    listeners: Vec<Listener>,
+    routes: Vec<Route>,
+    tcp_routes: Vec<TcpRoute>,
+    pools: Vec<Pool>,
+    certificates: Vec<Cert>,
+    active_connections: u64,
+    draining: bool,
+}
+
+#[derive(Deserialize)]
+struct ConfigState {
+    file: String,
+    generation: u64,
+    last_reload: Option<Reload>,
+}
+
+#[derive(Deserialize)]
+struct Reload {
+    ok: bool,
+    trigger: String,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Listener {
+    name: String,
+    bound: String,
+    kind: serde_json::Value,
+    accept_proxy_protocol: bool,
+}
+
+#[derive(Deserialize)]
+struct Route {
+    hosts: Vec<String>,
+    path_prefix: String,
+    pool: String,
+    redirect_https: bool,
+}
+
+#[derive(Deserialize)]
+struct TcpRoute {
+    listener: String,
+    pool: String,
+    send_proxy_protocol: bool,
+}
+
+#[derive(Deserialize)]
+struct Pool {
+    name: String,
+    balance: String,
+    endpoints: Vec<Endpoint>,
+}
+
+#[derive(Deserialize)]
+struct Endpoint {
+    addr: String,
+    weight: u32,
+    healthy: bool,
+    ejected_for_ms: u64,
+    in_flight: u64,
+    requests: u64,
+    failures: u64,
+}
+
+#[derive(Deserialize)]
+struct Cert {
+    names: Vec<String>,
+    days_left: i64,
+    source: String,
+    default: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(run(&cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<ExitCode, String> {
+    match &cli.command {
+        Command::Status { json } => {
+            let body = request(&cli.addr, "GET", "/status").await?.1;
+            if *json {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status: Status = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
+            print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload => {
+            let (code, body) = request(&cli.addr, "POST", "/reload").await?;
+            print!("{body}");
+            Ok(if code == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::new())
+        .map_err(|e| format!("bad admin address {addr:?}: {e}"))?;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot reach the edgemesh admin API at {addr}: {e} (is the node running? use --addr)"
+        )
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| unreachable(&"timed out"))?
+        .map_err(|e| unreachable(&error_chain(&e)))?;
+    let code = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Prints rows as columns padded to the widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("  {}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    println!();
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "edgemesh {}  config {} (generation {})  connections {}{}",
+        s.version,
+        s.config.file,
+        s.config.generation,
+        s.active_connections,
+        if s.draining { "  DRAINING" } else { "" }
+    );
+    if let Some(r) = &s.config.last_reload {
+        match (&r.ok, &r.error) {
+            (true, _) => println!("last reload ({}): ok", r.trigger),
+            (false, e) => println!(
+                "last reload ({}): REJECTED, previous config still serving: {}",
+                r.trigger,
+                e.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    println!("\nLISTENERS");
+    table(
+        &["NAME", "ADDRESS", "KIND", "PROXY-PROTOCOL"],
+        s.listeners
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.bound.clone(),
+                    l.kind["type"].as_str().unwrap_or("?").into(),
+                    if l.accept_proxy_protocol {
+                        "accept"
+                    } else {
+                        "-"
+                    }
+                    .into(),
+                ]
+            })
+            .collect(),
+    );
+    println!("ROUTES");
+    let mut rows: Vec<Vec<String>> = s
+        .routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.hosts.join(","),
+                r.path_prefix.clone(),
+                r.pool.clone(),
+                if r.redirect_https { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    rows.extend(s.tcp_routes.iter().map(|t| {
+        vec![
+            format!("tcp:{}", t.listener),
+            "-".into(),
+            t.pool.clone(),
+            if t.send_proxy_protocol {
+                "proxy-protocol"
+            } else {
+                "-"
+            }
+            .into(),
+        ]
+    }));
+    table(&["HOSTS", "PATH", "POOL", "HTTPS-REDIRECT"], rows);
+    println!("POOLS");
+    let mut rows = Vec::new();
+    for p in &s.pools {
+        if p.endpoints.is_empty() {
+            rows.push(vec![
+                p.name.clone(),
+                p.balance.clone(),
+                "(no running tasks)".into(),
+            ]);
+        }
+        for e in &p.endpoints {
+            let health = if e.healthy {
+                "healthy".to_string()
+            } else {
+                format!("ejected {}s", e.ejected_for_ms.div_ceil(1000))
+            };
+            rows.push(vec![
+                p.name.clone(),
+                p.balance.clone(),
+                e.addr.clone(),
+                e.weight.to_string(),
+                health,
+                e.in_flight.to_string(),
+                e.requests.to_string(),
+                e.failures.to_string(),
+            ]);
+        }
+    }
+    table(
+        &[
+            "POOL",
+            "BALANCE",
+            "ENDPOINT",
+            "WEIGHT",
+            "HEALTH",
+            "IN-FLIGHT",
+            "REQUESTS",
+            "FAILURES",
+        ],
+        rows,
+    );
+    println!("CERTIFICATES");
+    table(
+        &["NAMES", "DAYS-LEFT", "SOURCE", "DEFAULT"],
+        s.certificates
+            .iter()
+            .map(|c| {
+                vec![
+                    c.names.join(","),
+                    c.days_left.to_string(),
+                    c.source.clone(),
+                    if c.default { "yes" } else { "" }.into(),
+                ]
+            })
+            .collect(),
+    );
+}

@@ -1,0 +1,100 @@
+//! Builds the certificate set a node serves from its config: PEM files named in the config,
+//! then local-CA certificates for route hosts that no file covers.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use edgemesh_proxy::CertEntry;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::Config;
+use crate::local_ca::LocalCa;
+
+/// Expiry (unix seconds) and DNS names of a DER certificate.
+pub fn inspect(der: &CertificateDer<'_>) -> Result<(i64, Vec<String>)> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| anyhow!("bad certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok((cert.validity().not_after.timestamp(), names))
+}
+
+fn from_files(cert: &Path, key: &Path) -> Result<CertEntry> {
+    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let first = chain
+        .first()
+        .ok_or_else(|| anyhow!("{}: no certificate found", cert.display()))?;
+    let (not_after, names) = inspect(first).with_context(|| cert.display().to_string())?;
+    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
+        .with_context(|| format!("parsing {}", key.display()))?
+        .ok_or_else(|| anyhow!("{}: no private key found", key.display()))?;
+    CertEntry::new(
+        names,
+        chain,
+        key_der,
+        not_after,
+        format!("file:{}", cert.display()),
+    )
+    .with_context(|| key.display().to_string())
+}
+
+/// The certificates for `config` and the index of the default one.
+pub fn build(config: &Config) -> Result<(Vec<CertEntry>, Option<usize>)> {
+    let mut entries = Vec::new();
+    for (cert, key) in &config.cert_files {
+        entries.push(from_files(cert, key)?);
+    }
+    let uncovered: Vec<String> = config
+        .tls_hosts
+        .iter()
+        .filter(|h| !entries.iter().any(|e| covers(&e.names, h)))
+        .cloned()
+        .collect();
+    let has_tls_listener = config
+        .listeners
+        .iter()
+        .any(|l| l.kind == edgemesh_proxy::ListenerKind::Https);
+    if config.local_ca && has_tls_listener && !uncovered.is_empty() {
+        let ca = LocalCa::open(&config.data_dir)
+            .with_context(|| format!("local CA in {}", config.data_dir.display()))?;
+        for host in uncovered {
+            let issued = ca.issue(std::slice::from_ref(&host))?;
+            let (not_after, _) = inspect(&issued.chain[0])?;
+            entries.push(CertEntry::new(
+                vec![host],
+                issued.chain,
+                issued.key,
+                not_after,
+                "local-ca",
+            )?);
+        }
+    }
+    let default = match &config.default_cert {
+        Some(d) => Some(
+            entries
+                .iter()
+                .position(|e| covers(&e.names, d))
+                .ok_or_else(|| anyhow!("tls.default_cert {d:?}: no certificate covers it"))?,
+        ),
+        None => None,
+    };
+    Ok((entries, default))
+}
+
+fn covers(names: &[String], host: &str) -> bool {
+    names.iter().any(|n| {
+        n == host
+            || n.strip_prefix("*.")
+                .is_some_and(|suffix| host.split_once('.').is_some_and(|(_, rest)| rest == suffix))
+    })
+}

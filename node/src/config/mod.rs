@@ -1,0 +1,449 @@
+//! The node's configuration file: parsed, validated, then immutable.
+//!
+//! Every error names the file, the line and the key (`edgemesh.toml:14: routes[1].pool: ...`)
+//! so `edgemesh check-config` reads like `nginx -t`. Validation never touches the network;
+//! it does read certificate files named by the config.
+
+mod source;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgemesh_proxy::route::normalize_host;
+use edgemesh_proxy::{
+    Balance, EndpointSpec, ListenerKind, ListenerSpec, PoolSpec, RouteSpec, TableSpec, TcpRouteSpec,
+};
+use serde::Deserialize;
+
+use source::KeyIndex;
+
+/// A configuration error located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted key path (`routes[1].pool`), or the environment variable that was wrong.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ": {k}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------- raw file format
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    data_dir: Option<PathBuf>,
+    admin_addr: Option<String>,
+    drain_timeout_secs: Option<u64>,
+    watch_config: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// Issue certificates for route hosts from a CA kept in the data directory.
+    local_ca: Option<bool>,
+    default_cert: Option<String>,
+    #[serde(default)]
+    certificates: Vec<RawCertFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    addr: String,
+    kind: RawListenerKind,
+    #[serde(default)]
+    accept_proxy_protocol: bool,
+    pool: Option<String>,
+    #[serde(default)]
+    send_proxy_protocol: bool,
+    idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawListenerKind {
+    Http,
+    Https,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    hosts: Vec<String>,
+    #[serde(default = "slash")]
+    path_prefix: String,
+    pool: String,
+    #[serde(default = "yes")]
+    redirect_https: bool,
+    #[serde(default = "yes")]
+    tls: bool,
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default)]
+    balance: RawBalance,
+    #[serde(default)]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawBalance {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawEndpoint {
+    Addr(String),
+    Weighted { addr: String, weight: u32 },
+}
+
+// ---------------------------------------------------------------- validated config
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub drain_timeout: Duration,
+    pub watch_config: bool,
+    pub local_ca: bool,
+    pub default_cert: Option<String>,
+    pub cert_files: Vec<(PathBuf, PathBuf)>,
+    pub listeners: Vec<ListenerSpec>,
+    pub table: TableSpec,
+    /// Hosts that get a certificate from the local CA (routes with `tls = true`).
+    pub tls_hosts: Vec<String>,
+}
+
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
+const MAX_DRAIN_SECS: u64 = 3600;
+
+/// Reads, parses and validates a configuration file, then applies `EDGEMESH_*` overrides
+/// from `env`.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &src, env)
+}
+
+pub fn parse(
+    path: &Path,
+    src: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let index = KeyIndex::new(src);
+    let err = |key: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: index.line_of(key),
+        key: Some(key.to_string()),
+        message,
+    };
+    let raw: RawConfig = toml::from_str(src).map_err(|e| {
+        let line = e.span().map(|s| index.line_of_offset(s.start));
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            key: line.and_then(|l| index.key_at_line(l)).map(str::to_string),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    let env_err = |var: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: Some(format!("environment {var}")),
+        message,
+    };
+
+    // node
+    let admin_raw = env("EDGEMESH_ADMIN_ADDR")
+        .map(|v| (v, true))
+        .or_else(|| raw.node.admin_addr.clone().map(|v| (v, false)))
+        .unwrap_or_else(|| (DEFAULT_ADMIN_ADDR.into(), false));
+    let admin_addr: SocketAddr = admin_raw.0.parse().map_err(|_| {
+        let msg = format!("{:?} is not an IP:port address", admin_raw.0);
+        if admin_raw.1 {
+            env_err("EDGEMESH_ADMIN_ADDR", msg)
+        } else {
+            err("node.admin_addr", msg)
+        }
+    })?;
+    let data_dir = env("EDGEMESH_DATA_DIR")
+        .map(PathBuf::from)
+        .or(raw.node.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("/var/lib/edgemesh"));
+    let drain_secs = match env("EDGEMESH_DRAIN_TIMEOUT_SECS") {
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            env_err(
+                "EDGEMESH_DRAIN_TIMEOUT_SECS",
+                format!("{v:?} is not a number of seconds"),
+            )
+        })?,
+        None => raw.node.drain_timeout_secs.unwrap_or(30),
+    };
+    if drain_secs > MAX_DRAIN_SECS {
+        return Err(err(
+            "node.drain_timeout_secs",
+            format!("{drain_secs} is more than {MAX_DRAIN_SECS} seconds"),
+        ));
+    }
+
+    // pools
+    let mut pools = Vec::new();
+    for (name, p) in &raw.pools {
+        let mut endpoints = Vec::new();
+        for (i, e) in p.endpoints.iter().enumerate() {
+            let key = format!("pools.{name}.endpoints[{i}]");
+            let (addr, weight) = match e {
+                RawEndpoint::Addr(a) => (a, 1),
+                RawEndpoint::Weighted { addr, weight } => (addr, *weight),
+            };
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| err(&key, format!("{addr:?} is not an IP:port address")))?;
+            if !(1..=1000).contains(&weight) {
+                return Err(err(&key, format!("weight {weight} is outside 1..=1000")));
+            }
+            endpoints.push(EndpointSpec { addr, weight });
+        }
+        pools.push(PoolSpec {
+            name: name.clone(),
+            endpoints,
+            balance: match p.balance {
+                RawBalance::RoundRobin => Balance::RoundRobin,
+                RawBalance::LeastRequests => Balance::LeastRequests,
+            },
+        });
+    }
+
+    // routes
+    let mut routes = Vec::new();
+    let mut tls_hosts: Vec<String> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if r.hosts.is_empty() {
+            return Err(err(
+                &format!("routes[{i}].hosts"),
+                "needs at least one host".into(),
+            ));
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in r.hosts.iter().enumerate() {
+            let h = check_host(h).map_err(|m| err(&format!("routes[{i}].hosts[{j}]"), m))?;
+            if r.tls && h != "*" && !tls_hosts.contains(&h) {
+                tls_hosts.push(h.clone());
+            }
+            hosts.push(h);
+        }
+        if !r.path_prefix.starts_with('/') {
+            return Err(err(
+                &format!("routes[{i}].path_prefix"),
+                format!("{:?} must start with '/'", r.path_prefix),
+            ));
+        }
+        if !raw.pools.contains_key(&r.pool) {
+            return Err(err(
+                &format!("routes[{i}].pool"),
+                format!("pool {:?} is not defined under [pools]", r.pool),
+            ));
+        }
+        routes.push(RouteSpec {
+            hosts,
+            path_prefix: r.path_prefix.clone(),
+            pool: r.pool.clone(),
+            redirect_https: r.redirect_https && r.tls,
+        });
+    }
+
+    // listeners
+    let mut listeners = Vec::new();
+    let mut tcp_routes = Vec::new();
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    let mut https_port = None;
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let key = |k: &str| format!("listeners[{i}].{k}");
+        if l.name.is_empty() || !names.insert(l.name.clone()) {
+            return Err(err(
+                &key("name"),
+                format!("{:?} is empty or used twice", l.name),
+            ));
+        }
+        let addr: SocketAddr = l.addr.parse().map_err(|_| {
+            err(
+                &key("addr"),
+                format!("{:?} is not an IP:port address", l.addr),
+            )
+        })?;
+        if addr.port() != 0 && !addrs.insert(addr) {
+            return Err(err(
+                &key("addr"),
+                format!("{addr} is used by another listener"),
+            ));
+        }
+        let kind = match l.kind {
+            RawListenerKind::Http | RawListenerKind::Https => {
+                for (k, set) in [
+                    ("pool", l.pool.is_some()),
+                    ("send_proxy_protocol", l.send_proxy_protocol),
+                    ("idle_timeout_secs", l.idle_timeout_secs.is_some()),
+                ] {
+                    if set {
+                        return Err(err(&key(k), "applies to tcp listeners only".into()));
+                    }
+                }
+                if l.kind == RawListenerKind::Https {
+                    https_port.get_or_insert(addr.port());
+                    ListenerKind::Https
+                } else {
+                    ListenerKind::Http
+                }
+            }
+            RawListenerKind::Tcp => {
+                let Some(pool) = &l.pool else {
+                    return Err(err(&key("kind"), "a tcp listener needs `pool`".into()));
+                };
+                if !raw.pools.contains_key(pool) {
+                    return Err(err(
+                        &key("pool"),
+                        format!("pool {pool:?} is not defined under [pools]"),
+                    ));
+                }
+                tcp_routes.push(TcpRouteSpec {
+                    listener: l.name.clone(),
+                    pool: pool.clone(),
+                    send_proxy_protocol: l.send_proxy_protocol,
+                });
+                ListenerKind::Tcp {
+                    idle_timeout_ms: l.idle_timeout_secs.filter(|&s| s > 0).map(|s| s * 1000),
+                }
+            }
+        };
+        listeners.push(ListenerSpec {
+            name: l.name.clone(),
+            addr,
+            kind,
+            accept_proxy_protocol: l.accept_proxy_protocol,
+        });
+    }
+
+    // tls
+    let mut cert_files = Vec::new();
+    for (i, c) in raw.tls.certificates.iter().enumerate() {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for (k, p) in [("cert", &c.cert), ("key", &c.key)] {
+            if !base.join(p).is_file() {
+                return Err(err(
+                    &format!("tls.certificates[{i}].{k}"),
+                    format!("{} is not a readable file", p.display()),
+                ));
+            }
+        }
+        cert_files.push((base.join(&c.cert), base.join(&c.key)));
+    }
+    if let Some(d) = &raw.tls.default_cert {
+        let d = check_host(d).map_err(|m| err("tls.default_cert", m))?;
+        if !tls_hosts.contains(&d) && cert_files.is_empty() {
+            return Err(err(
+                "tls.default_cert",
+                format!("{d:?} is not a host of any route with tls = true"),
+            ));
+        }
+    }
+
+    Ok(Config {
+        file: path.to_path_buf(),
+        data_dir,
+        admin_addr,
+        drain_timeout: Duration::from_secs(drain_secs),
+        watch_config: raw.node.watch_config.unwrap_or(true),
+        local_ca: raw.tls.local_ca.unwrap_or(true),
+        default_cert: raw.tls.default_cert.map(|d| d.to_ascii_lowercase()),
+        cert_files,
+        listeners,
+        table: TableSpec {
+            routes,
+            pools,
+            tcp_routes,
+            https_port,
+        },
+        tls_hosts,
+    })
+}
+
+/// A route host: an exact name, `*.suffix`, or `*`.
+fn check_host(h: &str) -> Result<String, String> {
+    if h == "*" {
+        return Ok(h.into());
+    }
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    match normalize_host(name) {
+        Some(n) if n == name.to_ascii_lowercase() && !n.contains('*') => Ok(h.to_ascii_lowercase()),
+        _ => Err(format!(
+            "{h:?} is not a host name (use a name, *.suffix or *; no port)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

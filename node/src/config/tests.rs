@@ -1,0 +1,192 @@
+use super::*;
+
+const GOOD: &str = r#"
+[node]
+data_dir = "/tmp/x"
+admin_addr = "127.0.0.1:9999"
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:8080"
+kind = "http"
+
+[[listeners]]
+name = "websecure"
+addr = "127.0.0.1:8443"
+kind = "https"
+
+[[listeners]]
+name = "sftp"
+addr = "127.0.0.1:2222"
+kind = "tcp"
+pool = "files"
+send_proxy_protocol = true
+idle_timeout_secs = 600
+
+[[routes]]
+hosts = ["API.example.com", "*.apps.example.com"]
+path_prefix = "/v1"
+pool = "api"
+
+[[routes]]
+hosts = ["*"]
+pool = "api"
+tls = false
+
+[pools.api]
+balance = "least_requests"
+endpoints = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 }]
+
+[pools.files]
+endpoints = []
+"#;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse_str(src: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("edge.toml"), src, &no_env)
+}
+
+#[test]
+fn parses_a_full_config() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.admin_addr, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(c.listeners.len(), 3);
+    assert_eq!(c.table.https_port, Some(8443));
+    assert_eq!(
+        c.tls_hosts,
+        vec!["api.example.com".to_string(), "*.apps.example.com".into()]
+    );
+    let api = c.table.pools.iter().find(|p| p.name == "api").unwrap();
+    assert_eq!(api.balance, Balance::LeastRequests);
+    assert_eq!(api.endpoints[1].weight, 3);
+    assert_eq!(c.table.tcp_routes[0].pool, "files");
+    assert!(c.table.tcp_routes[0].send_proxy_protocol);
+    assert_eq!(
+        c.listeners[2].kind,
+        ListenerKind::Tcp {
+            idle_timeout_ms: Some(600_000)
+        }
+    );
+    // tls = false disables the redirect.
+    assert!(!c.table.routes[1].redirect_https && c.table.routes[0].redirect_https);
+}
+
+fn error_of(src: &str) -> ConfigError {
+    parse_str(src).unwrap_err()
+}
+
+#[test]
+fn unknown_pool_names_line_and_key() {
+    let src = GOOD.replace("tls = false\n", "tls = false\npool2 = 1\n");
+    let e = error_of(&src);
+    assert_eq!(e.key.as_deref(), Some("routes[1].pool2"), "{e}");
+    assert!(e.message.contains("pool2"), "{e}");
+
+    let src = GOOD.replacen("pool = \"api\"\n", "pool = \"nope\"\n", 1);
+    let e = error_of(&src);
+    assert_eq!(e.key.as_deref(), Some("routes[0].pool"));
+    assert_eq!(e.line, Some(27));
+    assert_eq!(
+        e.to_string(),
+        "edge.toml:27: routes[0].pool: pool \"nope\" is not defined under [pools]"
+    );
+}
+
+#[test]
+fn type_errors_point_at_the_key() {
+    let e = error_of(&GOOD.replace("idle_timeout_secs = 600", "idle_timeout_secs = \"ten\""));
+    assert_eq!(
+        e.key.as_deref(),
+        Some("listeners[2].idle_timeout_secs"),
+        "{e}"
+    );
+    assert_eq!(e.line, Some(22));
+    let e = error_of("[node]\nadmin_addr = \n");
+    assert_eq!(e.line, Some(2), "{e}");
+}
+
+#[test]
+fn semantic_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("127.0.0.1:9002", "127.0.0.1", "pools.api.endpoints[1]"),
+        ("weight = 3", "weight = 0", "pools.api.endpoints[1]"),
+        (
+            "path_prefix = \"/v1\"",
+            "path_prefix = \"v1\"",
+            "routes[0].path_prefix",
+        ),
+        (
+            "\"*.apps.example.com\"",
+            "\"a.*.example.com\"",
+            "routes[0].hosts[1]",
+        ),
+        (
+            "\"*.apps.example.com\"",
+            "\"host:80\"",
+            "routes[0].hosts[1]",
+        ),
+        (
+            "addr = \"127.0.0.1:8443\"",
+            "addr = \"127.0.0.1:8080\"",
+            "listeners[1].addr",
+        ),
+        (
+            "name = \"websecure\"",
+            "name = \"web\"",
+            "listeners[1].name",
+        ),
+        ("pool = \"files\"", "pool = \"gone\"", "listeners[2].pool"),
+        (
+            "admin_addr = \"127.0.0.1:9999\"",
+            "admin_addr = \"localhost\"",
+            "node.admin_addr",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let src = GOOD.replacen(from, to, 1);
+        assert_ne!(src, GOOD, "{from} not found");
+        let e = error_of(&src);
+        assert_eq!(e.key.as_deref(), Some(*key), "{from} -> {to}: {e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+    let src = GOOD.replace("kind = \"http\"", "kind = \"http\"\npool = \"api\"");
+    assert_eq!(error_of(&src).key.as_deref(), Some("listeners[0].pool"));
+    let src = GOOD.replace("pool = \"files\"\n", "");
+    assert_eq!(error_of(&src).key.as_deref(), Some("listeners[2].kind"));
+}
+
+#[test]
+fn environment_overrides_and_their_errors() {
+    let env = |k: &str| match k {
+        "EDGEMESH_ADMIN_ADDR" => Some("127.0.0.1:7000".to_string()),
+        "EDGEMESH_DATA_DIR" => Some("/data".to_string()),
+        "EDGEMESH_DRAIN_TIMEOUT_SECS" => Some("45".to_string()),
+        _ => None,
+    };
+    let c = parse(Path::new("e.toml"), GOOD, &env).unwrap();
+    assert_eq!(c.admin_addr.port(), 7000);
+    assert_eq!(c.data_dir, PathBuf::from("/data"));
+    assert_eq!(c.drain_timeout, Duration::from_secs(45));
+    let bad = |k: &str| (k == "EDGEMESH_DRAIN_TIMEOUT_SECS").then(|| "soon".to_string());
+    let e = parse(Path::new("e.toml"), GOOD, &bad).unwrap_err();
+    assert_eq!(
+        e.key.as_deref(),
+        Some("environment EDGEMESH_DRAIN_TIMEOUT_SECS")
+    );
+}
+
+#[test]
+fn missing_file_and_missing_cert_files() {
+    let e = load(Path::new("/nonexistent/edge.toml"), &no_env).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/edge.toml: cannot read"),
+        "{e}"
+    );
+    let src = format!("{GOOD}\n[[tls.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n");
+    let e = error_of(&src);
+    assert_eq!(e.key.as_deref(), Some("tls.certificates[0].cert"), "{e}");
+}

@@ -1,0 +1,264 @@
+//! The single-node daemon: loads the config, feeds the data path, serves the admin API, and
+//! reacts to SIGHUP / file changes (reload) and SIGTERM / SIGINT (drain, then exit).
+//!
+//! Keep the last good state: a config that fails to parse, validate, load its certificates or
+//! bind its listeners is rejected whole, logged, counted, shown in `/status`, and the running
+//! configuration keeps serving.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use edgemesh_proxy::{Metrics, Proxy, ProxySettings};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Exit status 2, like `nginx -t`.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub at: u64,
+    pub trigger: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ConfigState {
+    file: PathBuf,
+    /// Increments with every configuration applied, the first included.
+    generation: u64,
+    loaded_at: u64,
+    last_reload: Option<ReloadOutcome>,
+}
+
+pub struct Daemon {
+    proxy: Arc<Proxy>,
+    current: tokio::sync::Mutex<(Config, u64)>,
+    state: Mutex<ConfigState>,
+    reloads: Family<ReloadLabel, Counter>,
+    registry: Registry,
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn file_hash(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+impl Daemon {
+    /// Loads `path`, binds the listeners and the admin API. Errors here end the process.
+    pub async fn start(path: &Path) -> Result<(Arc<Daemon>, TcpListener), StartError> {
+        let config = config::load(path, &env)?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let reloads = Family::<ReloadLabel, Counter>::default();
+        registry.register(
+            "edgemesh_config_reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        let proxy = Arc::new(Proxy::new(
+            metrics,
+            Arc::new(Default::default()),
+            ProxySettings::default(),
+        ));
+        let (certs, default) = crate::certs::build(&config)?;
+        proxy.certs().replace(certs, default);
+        proxy.apply(config.table.clone());
+        proxy
+            .set_listeners(&config.listeners)
+            .await
+            .context("binding listeners")?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("admin API on {}", config.admin_addr))?;
+        let admin_addr = admin.local_addr().context("admin API address")?;
+        let daemon = Arc::new(Daemon {
+            proxy,
+            state: Mutex::new(ConfigState {
+                file: path.to_path_buf(),
+                generation: 1,
+                loaded_at: unix_now(),
+                last_reload: None,
+            }),
+            current: tokio::sync::Mutex::new((config, file_hash(path).unwrap_or(0))),
+            reloads,
+            registry,
+            admin_addr,
+        });
+        Ok((daemon, admin))
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Re-reads the config file and applies it, or keeps the running one and says why.
+    pub async fn reload(&self, trigger: &str) -> Result<(), String> {
+        let mut current = self.current.lock().await;
+        let path = current.0.file.clone();
+        let hash = file_hash(&path).unwrap_or(0);
+        let result = self.apply(&current.0, &path).await;
+        let outcome = ReloadOutcome {
+            ok: result.is_ok(),
+            at: unix_now(),
+            trigger: trigger.into(),
+            error: result.as_ref().err().cloned(),
+        };
+        match result {
+            Ok(config) => {
+                info!(file = %path.display(), trigger, "configuration reloaded");
+                *current = (config, hash);
+                self.reloads
+                    .get_or_create(&ReloadLabel { result: "ok" })
+                    .inc();
+                let mut st = self.state.lock().expect("state lock");
+                st.generation += 1;
+                st.loaded_at = outcome.at;
+                st.last_reload = Some(outcome);
+                Ok(())
+            }
+            Err(e) => {
+                error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
+                // Remember the hash so a bad file is not re-tried every poll.
+                current.1 = hash;
+                self.reloads
+                    .get_or_create(&ReloadLabel { result: "failed" })
+                    .inc();
+                self.state.lock().expect("state lock").last_reload = Some(outcome);
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(&self, old: &Config, path: &Path) -> Result<Config, String> {
+        let new = config::load(path, &env).map_err(|e| e.to_string())?;
+        for (what, changed) in [
+            ("node.admin_addr", new.admin_addr != old.admin_addr),
+            ("node.data_dir", new.data_dir != old.data_dir),
+        ] {
+            if changed {
+                warn!(
+                    key = what,
+                    "changes to this key take effect at the next restart"
+                );
+            }
+        }
+        let (certs, default) = crate::certs::build(&new).map_err(|e| format!("{e:#}"))?;
+        let old_certs = self.proxy.certs().entries();
+        let old_status = self.proxy.certs().status();
+        let old_default = old_status.iter().position(|c| c.default);
+        self.proxy.certs().replace(certs, default);
+        self.proxy.apply(new.table.clone());
+        if let Err(e) = self.proxy.set_listeners(&new.listeners).await {
+            // Put everything back: the old listeners are still running.
+            self.proxy.certs().replace(old_certs, old_default);
+            self.proxy.apply(old.table.clone());
+            return Err(e.to_string());
+        }
+        Ok(new)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let status = self.proxy.status();
+        let mut v = serde_json::to_value(&status).unwrap_or_default();
+        let now = unix_now() as i64;
+        if let Some(certs) = v.get_mut("certificates").and_then(|c| c.as_array_mut()) {
+            for c in certs {
+                let not_after = c["not_after"].as_i64().unwrap_or(0);
+                c["days_left"] = ((not_after - now) / 86_400).into();
+            }
+        }
+        v["version"] = env!("CARGO_PKG_VERSION").into();
+        let state = self.state.lock().expect("state lock").clone();
+        v["config"] = serde_json::to_value(state).unwrap_or_default();
+        v
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains within the configured timeout.
+    pub async fn run(self: Arc<Self>, admin: TcpListener) -> Result<()> {
+        let admin_task = tokio::spawn(crate::admin::serve(admin, self.clone()));
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sig = loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = self.reload("SIGHUP").await; }
+                _ = poll.tick() => {
+                    let (watch, path, known) = {
+                        let c = self.current.lock().await;
+                        (c.0.watch_config, c.0.file.clone(), c.1)
+                    };
+                    if watch && file_hash(&path).is_some_and(|h| h != known) {
+                        let _ = self.reload("file change").await;
+                    }
+                }
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+            }
+        };
+        let deadline = self.current.lock().await.0.drain_timeout;
+        info!(
+            signal = sig,
+            deadline_secs = deadline.as_secs(),
+            "draining: no new connections, finishing in-flight requests"
+        );
+        let left = self.proxy.drain(deadline).await;
+        if left > 0 {
+            warn!(
+                connections = left,
+                "drain deadline reached; closing remaining connections"
+            );
+        } else {
+            info!("drained; exiting");
+        }
+        admin_task.abort();
+        Ok(())
+    }
+}
