@@ -46,7 +46,11 @@ pub async fn handle(
     Ok(route(&shared, conn, req).await)
 }
 
-async fn route(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Response<RespBody> {
+async fn route(
+    shared: &Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
     let raw_host = req
         .uri()
         .authority()
@@ -83,7 +87,7 @@ async fn route(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Respo
 }
 
 async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: ConnInfo,
     host: &str,
     pool: &Pool,
@@ -189,7 +193,7 @@ fn build(
 }
 
 fn respond(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut resp: Response<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     in_flight: crate::pool::InFlight,
@@ -197,8 +201,11 @@ fn respond(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
+            // The upgraded stream outlives its HTTP connection: a drain waits for it like
+            // for a TCP stream.
+            let live = shared.track();
             tokio::spawn(async move {
-                let _in_flight = in_flight;
+                let _guards = (in_flight, live);
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));

@@ -121,7 +121,15 @@ struct ConnTracker {
     idle: Notify,
 }
 
-struct ConnGuard(Arc<Shared>);
+/// Keeps a connection counted as live (for drain) until dropped.
+pub(crate) struct ConnGuard(Arc<Shared>);
+
+impl Shared {
+    pub(crate) fn track(self: &Arc<Self>) -> ConnGuard {
+        self.conns.live.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -142,6 +150,8 @@ struct Running {
 pub struct Proxy {
     shared: Arc<Shared>,
     listeners: Mutex<Vec<Running>>,
+    /// What `status()` shows; rewritten whenever the listener set changes.
+    listener_status: std::sync::Mutex<Vec<ListenerStatus>>,
 }
 
 impl Proxy {
@@ -178,6 +188,7 @@ impl Proxy {
         Proxy {
             shared: Arc::new(shared),
             listeners: Mutex::new(Vec::new()),
+            listener_status: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -252,32 +263,30 @@ impl Proxy {
                 task,
             });
         }
+        *self.listener_status.lock().expect("listener status lock") = running
+            .iter()
+            .map(|r| ListenerStatus {
+                spec: r.spec.clone(),
+                bound: r.bound,
+            })
+            .collect();
         result
     }
 
     /// Addresses bound, by listener name.
-    pub async fn bound_addrs(&self) -> HashMap<String, SocketAddr> {
-        let running = self.listeners.lock().await;
-        running
-            .iter()
-            .map(|r| (r.spec.name.clone(), r.bound))
-            .collect()
+    pub fn bound_addrs(&self) -> HashMap<String, SocketAddr> {
+        let status = self.listener_status.lock().expect("listener status lock");
+        status.iter().map(|l| (l.spec.name.clone(), l.bound)).collect()
     }
 
     pub fn status(&self) -> ProxyStatus {
         let table = self.shared.table.load();
-        let listeners = match self.listeners.try_lock() {
-            Ok(l) => l
-                .iter()
-                .map(|r| ListenerStatus {
-                    spec: r.spec.clone(),
-                    bound: r.bound,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
         ProxyStatus {
-            listeners,
+            listeners: self
+                .listener_status
+                .lock()
+                .expect("listener status lock")
+                .clone(),
             routes: table.spec.routes.clone(),
             tcp_routes: table.spec.tcp_routes.clone(),
             pools: table.pool_status(now_ms()),
@@ -367,8 +376,7 @@ async fn accept_loop(
             _ = stop.changed() => return,
             _ = drain.changed() => return,
         };
-        shared.conns.live.fetch_add(1, Ordering::AcqRel);
-        let guard = (ConnGuard(shared.clone()), lm.open());
+        let guard = (shared.track(), lm.open());
         let shared = shared.clone();
         let spec_kind = spec.kind.clone();
         let accept_pp = spec.accept_proxy_protocol;

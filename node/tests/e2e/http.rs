@@ -222,6 +222,8 @@ async fn websocket_echo_through_the_proxy() {
         let got = ws.next().await.unwrap().unwrap();
         assert_eq!(got.into_text().unwrap().as_str(), msg);
     }
+    // The upgraded stream stays a live connection, so a drain waits for it.
+    assert_eq!(s.node.status().await["active_connections"], 1);
     ws.close(None).await.unwrap();
 }
 
