@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use edgemesh_proxy::{Metrics, Proxy, ProxySettings};
+use edgemesh_proxy::{Metrics, Proxy, ProxySettings, Workers};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -93,10 +93,31 @@ impl Daemon {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        // The admin socket is exclusive, so binding it first stops a second daemon before its
+        // listeners join the first one's ports (they use SO_REUSEPORT).
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("admin API on {}", config.admin_addr))?;
+        let admin_addr = admin.local_addr().context("admin API address")?;
+        let workers = match env("EDGEMESH_WORKERS") {
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| ConfigError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: Some("environment EDGEMESH_WORKERS".into()),
+                    message: format!("{v:?} is not a positive number"),
+                })?,
+            None => Workers::default_count(),
+        };
+        let workers = Workers::start(workers).context("starting worker threads")?;
         let proxy = Arc::new(Proxy::new(
             metrics,
             Arc::new(Default::default()),
             ProxySettings::default(),
+            workers,
         ));
         let (certs, default) = crate::certs::build(&config)?;
         proxy.certs().replace(certs, default);
@@ -105,10 +126,6 @@ impl Daemon {
             .set_listeners(&config.listeners)
             .await
             .context("binding listeners")?;
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
-            .with_context(|| format!("admin API on {}", config.admin_addr))?;
-        let admin_addr = admin.local_addr().context("admin API address")?;
         let daemon = Arc::new(Daemon {
             proxy,
             state: Mutex::new(ConfigState {
@@ -227,6 +244,9 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A change is applied once the file has stayed the same for one poll, so a file caught
+        // half-written by an editor or `cp` is not reported as a broken config.
+        let mut settling: Option<u64> = None;
         let sig = loop {
             tokio::select! {
                 _ = hup.recv() => { let _ = self.reload("SIGHUP").await; }
@@ -235,8 +255,16 @@ impl Daemon {
                         let c = self.current.lock().await;
                         (c.0.watch_config, c.0.file.clone(), c.1)
                     };
-                    if watch && file_hash(&path).is_some_and(|h| h != known) {
-                        let _ = self.reload("file change").await;
+                    match file_hash(&path) {
+                        Some(h) if watch && h != known => {
+                            if settling == Some(h) {
+                                settling = None;
+                                let _ = self.reload("file change").await;
+                            } else {
+                                settling = Some(h);
+                            }
+                        }
+                        _ => settling = None,
                     }
                 }
                 _ = term.recv() => break "SIGTERM",

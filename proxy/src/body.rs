@@ -13,23 +13,35 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::pool::{now_ms, InFlight};
+use crate::upstream;
 
 /// Counts data bytes locally and adds them to the shared counter once, on drop, so streaming
-/// a GiB costs no shared atomic per chunk.
+/// a GiB costs no shared atomic per chunk. A response body also carries its upstream
+/// connection and hands it back to the pool once the body has ended (not when dropped midway:
+/// such a connection is not reusable).
 pub struct Metered<B> {
     inner: B,
     bytes: u64,
     counter: Counter,
+    ended: bool,
     _in_flight: Option<InFlight>,
+    upstream: Option<upstream::Conn>,
 }
 
-impl<B> Metered<B> {
-    pub fn new(inner: B, counter: Counter, in_flight: Option<InFlight>) -> Self {
+impl<B: Body> Metered<B> {
+    pub fn new(
+        inner: B,
+        counter: Counter,
+        in_flight: Option<InFlight>,
+        upstream: Option<upstream::Conn>,
+    ) -> Self {
         Metered {
+            ended: inner.is_end_stream(),
             inner,
             bytes: 0,
             counter,
             _in_flight: in_flight,
+            upstream,
         }
     }
 }
@@ -38,6 +50,11 @@ impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         if self.bytes > 0 {
             self.counter.inc_by(self.bytes);
+        }
+        if self.ended {
+            if let Some(c) = self.upstream.take() {
+                c.release();
+            }
         }
     }
 }
@@ -51,10 +68,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(d) = f.data_ref() {
-                self.bytes += d.len() as u64;
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+                self.ended = self.inner.is_end_stream();
             }
+            None => self.ended = true,
+            Some(Err(_)) => {}
         }
         Poll::Ready(frame)
     }

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -22,14 +22,28 @@ use crate::body::Metered;
 use crate::pool::{now_ms, Endpoint, Pool};
 use crate::route::normalize_host;
 use crate::server::Shared;
+use crate::upstream;
 
 pub type RespBody = Either<Metered<Incoming>, Full<Bytes>>;
 pub type ReqBody = Either<Metered<Incoming>, Empty<Bytes>>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client address as an `X-Forwarded-For` value, formatted once per connection.
+    client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = peer.ip().to_canonical().to_string();
+        ConnInfo {
+            peer,
+            tls,
+            client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+        }
+    }
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -43,12 +57,12 @@ pub async fn handle(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
-    Ok(route(&shared, conn, req).await)
+    Ok(route(&shared, &conn, req).await)
 }
 
 async fn route(
     shared: &Arc<Shared>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
     let raw_host = req
@@ -88,7 +102,7 @@ async fn route(
 
 async fn forward(
     shared: &Arc<Shared>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     host: &str,
     pool: &Pool,
     mut req: Request<Incoming>,
@@ -107,62 +121,65 @@ async fn forward(
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let body = Metered::new(body, shared.bytes_up.clone(), None, None);
+    let mut req = Request::from_parts(parts, Either::Left(body));
 
-    // A request without a body that may be repeated is retried once on another endpoint when
-    // the first one refuses the connection: nothing has reached any upstream yet.
-    let retryable = is_idempotent(&parts.method) && body.is_end_stream() && upgrade.is_none();
-    let retry_headers = retryable.then(|| parts.headers.clone());
-    let body = Metered::new(body, shared.bytes_up.clone(), None);
-    let mut req_body = Some(Either::Left(body));
+    // A connection is made (or taken from the pool) before anything is sent, so a refused
+    // connection leaves the request intact: it is tried once more on another endpoint, whatever
+    // its method. A pooled connection the server closed meanwhile hands the request back too.
+    let s = &shared.settings;
     let mut exclude = None;
-    for attempt in 0..2 {
-        let now = now_ms();
-        let Some(ep) = pool.pick(now, exclude) else {
+    let mut connect_failures = 0;
+    loop {
+        let Some(ep) = pool.pick(now_ms(), exclude) else {
             break;
         };
-        let upstream_req = match (attempt, req_body.take()) {
-            (0, Some(b)) => build(&parts.method, &ep, &path, parts.headers.clone(), b),
-            _ => {
-                let headers = retry_headers.clone().unwrap_or_default();
-                build(
-                    &parts.method,
-                    &ep,
-                    &path,
-                    headers,
-                    Either::Right(Empty::new()),
-                )
+        let mut upstream = match upstream::checkout(
+            ep.addr,
+            s.connect_timeout,
+            s.upstream_idle_timeout,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let ms = ep.eject(now_ms());
+                pool.metrics.ejections.inc();
+                pool.metrics.errors.inc();
+                warn!(pool = %pool.name, endpoint = %ep.addr, eject_ms = ms, error = %e, "upstream connect failed; endpoint ejected");
+                connect_failures += 1;
+                if connect_failures == 2 {
+                    break;
+                }
+                exclude = Some(ep.addr);
+                continue;
             }
         };
-        let Some(upstream_req) = upstream_req else {
-            return local(StatusCode::BAD_REQUEST, "invalid request target\n");
-        };
+        *req.uri_mut() = upstream_uri(&ep, &path);
         let in_flight = ep.begin();
         let started = Instant::now();
-        match shared.client.request(upstream_req).await {
+        match upstream.send(req).await {
             Ok(resp) => {
                 pool.metrics
                     .latency
                     .observe(started.elapsed().as_secs_f64());
                 ep.mark_success();
-                return respond(shared, resp, upgrade, in_flight);
+                return respond(shared, resp, upgrade, in_flight, upstream);
             }
-            Err(e) if e.is_connect() => {
-                let ms = ep.eject(now_ms());
-                pool.metrics.ejections.inc();
-                pool.metrics.errors.inc();
-                warn!(pool = %pool.name, endpoint = %ep.addr, eject_ms = ms, error = %source_chain(&e), "upstream connect failed; endpoint ejected");
-                if !retryable {
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if upstream.reused => {
+                    debug!(endpoint = %ep.addr, error = %e.error(), "pooled upstream connection was closed; retrying");
+                    req = unsent;
+                }
+                _ => {
+                    pool.metrics.errors.inc();
+                    warn!(pool = %pool.name, endpoint = %ep.addr, error = %source_chain(e.error()), "upstream request failed");
                     break;
                 }
-                exclude = Some(ep.addr);
-            }
-            Err(e) => {
-                pool.metrics.errors.inc();
-                warn!(pool = %pool.name, endpoint = %ep.addr, error = %source_chain(&e), "upstream request failed");
-                break;
-            }
+            },
         }
     }
     local(
@@ -171,25 +188,12 @@ async fn forward(
     )
 }
 
-fn build(
-    method: &Method,
-    ep: &Endpoint,
-    path: &str,
-    headers: HeaderMap,
-    body: ReqBody,
-) -> Option<Request<ReqBody>> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(ep.authority.clone())
-        .path_and_query(path)
-        .build()
-        .ok()?;
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    Some(req)
+fn upstream_uri(ep: &Endpoint, path: &PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(ep.authority.clone());
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
 }
 
 fn respond(
@@ -197,6 +201,7 @@ fn respond(
     mut resp: Response<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     in_flight: crate::pool::InFlight,
+    upstream: upstream::Conn,
 ) -> Response<RespBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = upgrade {
@@ -205,7 +210,7 @@ fn respond(
             // for a TCP stream.
             let live = shared.track();
             tokio::spawn(async move {
-                let _guards = (in_flight, live);
+                let _guards = (in_flight, live, upstream);
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
@@ -221,7 +226,14 @@ fn respond(
         }
     }
     strip_hop_by_hop(resp.headers_mut(), false);
-    resp.map(|b| Either::Left(Metered::new(b, shared.bytes_down.clone(), Some(in_flight))))
+    resp.map(|b| {
+        Either::Left(Metered::new(
+            b,
+            shared.bytes_down.clone(),
+            Some(in_flight),
+            Some(upstream),
+        ))
+    })
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -235,13 +247,6 @@ fn header_has_token(v: &HeaderValue, token: &str) -> bool {
     v.to_str()
         .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         .unwrap_or(false)
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// Removes RFC 9110 §7.6.1 connection-specific headers, including those named in
@@ -277,12 +282,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn set_forwarded(h: &mut HeaderMap, conn: ConnInfo, host: Option<HeaderValue>) {
-    let ip = conn.peer.ip().to_canonical().to_string();
-    h.insert(
-        X_FORWARDED_FOR.clone(),
-        HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
-    );
+fn set_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: Option<HeaderValue>) {
+    h.insert(X_FORWARDED_FOR.clone(), conn.client_ip.clone());
     h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -366,11 +367,8 @@ mod tests {
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        let conn = ConnInfo {
-            peer: "[::ffff:192.0.2.1]:5000".parse().unwrap(),
-            tls: true,
-        };
-        set_forwarded(&mut h, conn, Some(HeaderValue::from_static("a.test")));
+        let conn = ConnInfo::new("[::ffff:192.0.2.1]:5000".parse().unwrap(), true);
+        set_forwarded(&mut h, &conn, Some(HeaderValue::from_static("a.test")));
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.test");

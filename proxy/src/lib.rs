@@ -17,6 +17,8 @@ mod server;
 mod table;
 mod tcp;
 pub mod tls;
+mod upstream;
+mod workers;
 
 pub use metrics::Metrics;
 pub use pool::{Balance, EndpointSpec, EndpointStatus, PoolSpec, PoolStatus};
@@ -24,3 +26,4 @@ pub use route::RouteSpec;
 pub use server::{ListenerKind, ListenerSpec, ListenerStatus, Proxy, ProxySettings, ProxyStatus};
 pub use table::{TableSpec, TcpRouteSpec};
 pub use tls::{CertEntry, CertStatus, CertStore};
+pub use workers::Workers;

@@ -21,12 +21,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
-use crate::http::{self, ConnInfo, ReqBody};
+use crate::http::{self, ConnInfo};
 use crate::metrics::{Direction, Metrics};
 use crate::pool::{now_ms, PoolStatus};
 use crate::proxy_protocol;
@@ -34,6 +32,7 @@ use crate::route::RouteSpec;
 use crate::table::{Table, TableSpec, TcpRouteSpec};
 use crate::tcp;
 use crate::tls::{self, CertStatus, CertStore};
+use crate::workers::Workers;
 
 /// Timeouts of the data path. Later hardening makes each configurable per listener.
 #[derive(Debug, Clone)]
@@ -97,13 +96,10 @@ pub struct ProxyStatus {
     pub draining: bool,
 }
 
-type HttpClient = Client<HttpConnector, ReqBody>;
-
 /// State every connection task reaches through one `Arc`.
 pub(crate) struct Shared {
     pub table: ArcSwap<Table>,
     pub certs: Arc<CertStore>,
-    pub client: HttpClient,
     pub metrics: Metrics,
     pub settings: ProxySettings,
     pub bytes_up: Counter,
@@ -143,28 +139,27 @@ struct Running {
     spec: ListenerSpec,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One accept loop per worker.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The data path of one node. Cheap to share behind an `Arc`.
 pub struct Proxy {
     shared: Arc<Shared>,
+    workers: Workers,
     listeners: Mutex<Vec<Running>>,
     /// What `status()` shows; rewritten whenever the listener set changes.
     listener_status: std::sync::Mutex<Vec<ListenerStatus>>,
 }
 
 impl Proxy {
-    pub fn new(metrics: Metrics, certs: Arc<CertStore>, settings: ProxySettings) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.upstream_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+    /// Connections are served on `workers`; the caller's runtime only drives control calls.
+    pub fn new(
+        metrics: Metrics,
+        certs: Arc<CertStore>,
+        settings: ProxySettings,
+        workers: Workers,
+    ) -> Proxy {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -176,7 +171,6 @@ impl Proxy {
             table: ArcSwap::from_pointee(Table::default()),
             tls: TlsAcceptor::from(tls::server_config(certs.clone())),
             certs,
-            client,
             bytes_up: metrics.bytes(Direction::ClientToUpstream),
             bytes_down: metrics.bytes(Direction::UpstreamToClient),
             metrics,
@@ -187,6 +181,7 @@ impl Proxy {
         };
         Proxy {
             shared: Arc::new(shared),
+            workers,
             listeners: Mutex::new(Vec::new()),
             listener_status: std::sync::Mutex::new(Vec::new()),
         }
@@ -221,7 +216,7 @@ impl Proxy {
             .iter()
             .filter(|s| !stop.iter().any(|r| r.bound == s.addr))
         {
-            match bind(spec) {
+            match bind(spec, self.workers.len()) {
                 Ok(l) => bound.push(((*spec).clone(), l)),
                 Err(e) => {
                     *running = keep.into_iter().chain(stop).collect();
@@ -232,7 +227,9 @@ impl Proxy {
         for r in stop {
             info!(listener = %r.spec.name, addr = %r.bound, "listener stopped");
             let _ = r.stop.send(true);
-            let _ = r.task.await;
+            for t in r.tasks {
+                let _ = t.await;
+            }
         }
         *running = keep;
         let mut result = Ok(());
@@ -241,26 +238,35 @@ impl Proxy {
             .filter(|s| !bound.iter().any(|(b, _)| b == *s))
             .collect();
         for spec in pending {
-            match bind(spec) {
+            match bind(spec, self.workers.len()) {
                 Ok(l) => bound.push((spec.clone(), l)),
                 Err(e) => result = Err(e),
             }
         }
-        for (spec, listener) in bound {
-            let addr = listener.local_addr().unwrap_or(spec.addr);
-            info!(listener = %spec.name, %addr, kind = ?spec.kind, "listening");
+        for (spec, (addr, sockets)) in bound {
+            info!(listener = %spec.name, %addr, kind = ?spec.kind, workers = sockets.len(), "listening");
             let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(accept_loop(
-                self.shared.clone(),
-                spec.clone(),
-                listener,
-                stop_rx,
-            ));
+            let tasks = sockets
+                .into_iter()
+                .zip(self.workers.handles())
+                .map(|(socket, handle)| {
+                    let (shared, spec, stop_rx) =
+                        (self.shared.clone(), spec.clone(), stop_rx.clone());
+                    handle.spawn(async move {
+                        match TcpListener::from_std(socket) {
+                            Ok(l) => accept_loop(shared, spec, l, stop_rx).await,
+                            Err(e) => {
+                                warn!(listener = %spec.name, error = %e, "listener setup failed")
+                            }
+                        }
+                    })
+                })
+                .collect();
             running.push(Running {
                 spec,
                 bound: addr,
                 stop,
-                task,
+                tasks,
             });
         }
         *self.listener_status.lock().expect("listener status lock") = running
@@ -276,7 +282,10 @@ impl Proxy {
     /// Addresses bound, by listener name.
     pub fn bound_addrs(&self) -> HashMap<String, SocketAddr> {
         let status = self.listener_status.lock().expect("listener status lock");
-        status.iter().map(|l| (l.spec.name.clone(), l.bound)).collect()
+        status
+            .iter()
+            .map(|l| (l.spec.name.clone(), l.bound))
+            .collect()
     }
 
     pub fn status(&self) -> ProxyStatus {
@@ -323,20 +332,37 @@ pub struct ListenerError {
     pub cause: std::io::Error,
 }
 
-fn bind(spec: &ListenerSpec) -> Result<TcpListener, ListenerError> {
-    let addr = spec.addr;
-    let listen = || {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(4096)
+/// One listening socket per worker on the same address (`SO_REUSEPORT`: the kernel spreads
+/// connections). With port 0, the first socket picks the port and the others join it.
+fn bind(
+    spec: &ListenerSpec,
+    count: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ListenerError> {
+    let listen = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
     };
-    listen().map_err(|cause| ListenerError {
+    let attempt = || -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+        let first = listen(spec.addr)?;
+        let addr = first.local_addr()?;
+        let mut all = vec![first];
+        for _ in 1..count.max(1) {
+            all.push(listen(addr)?);
+        }
+        Ok((addr, all))
+    };
+    attempt().map_err(|cause| ListenerError {
         name: spec.name.clone(),
-        addr,
+        addr: spec.addr,
         cause,
     })
 }
@@ -406,13 +432,11 @@ async fn accept_loop(
                 }
             }
             match spec_kind {
-                ListenerKind::Http => {
-                    serve_http(shared, stream, ConnInfo { peer, tls: false }).await
-                }
+                ListenerKind::Http => serve_http(shared, stream, ConnInfo::new(peer, false)).await,
                 ListenerKind::Https => {
                     let t = shared.settings.tls_handshake_timeout;
                     match tokio::time::timeout(t, shared.tls.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_http(shared, tls, ConnInfo { peer, tls: true }).await,
+                        Ok(Ok(tls)) => serve_http(shared, tls, ConnInfo::new(peer, true)).await,
                         Ok(Err(e)) => {
                             debug!(listener = %name, %peer, error = %e, "TLS handshake failed")
                         }
@@ -440,7 +464,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_shared = shared.clone();
-    let svc = service_fn(move |req| http::handle(svc_shared.clone(), info, req));
+    let peer = info.peer;
+    let svc = service_fn(move |req| http::handle(svc_shared.clone(), info.clone(), req));
     let conn = shared
         .http
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -467,9 +492,9 @@ where
             .is_some_and(|h| h.is_parse() || h.is_parse_too_large());
         if parse_error {
             shared.metrics.bad_request();
-            debug!(peer = %info.peer, error = %e, "malformed HTTP request");
+            debug!(%peer, error = %e, "malformed HTTP request");
         } else {
-            debug!(peer = %info.peer, error = %e, "HTTP connection ended with error");
+            debug!(%peer, error = %e, "HTTP connection ended with error");
         }
     }
 }

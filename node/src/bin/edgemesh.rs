@@ -47,7 +47,12 @@ fn main() -> ExitCode {
         return check_config(file);
     }
     logging::init();
-    let rt = match tokio::runtime::Runtime::new() {
+    // Control work only (admin API, signals, reloads); connections run on the proxy's
+    // per-CPU workers.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("edgemesh: cannot start the runtime: {e}");
