@@ -211,10 +211,6 @@ impl Pool {
         self.endpoints.is_empty()
     }
 
-    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.endpoints
-    }
-
     /// Chooses an endpoint that is not ejected and is not `exclude`. When every endpoint is
     /// ejected the pool fails open: a refused connection costs less than refusing everyone.
     pub fn pick(&self, now: u64, exclude: Option<SocketAddr>) -> Option<Arc<Endpoint>> {

@@ -4,7 +4,6 @@
 //! only stops accepting on it, its connections carry on; draining (shutdown) also asks every
 //! HTTP connection to finish its in-flight requests and close, then waits for them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -277,15 +276,6 @@ impl Proxy {
             })
             .collect();
         result
-    }
-
-    /// Addresses bound, by listener name.
-    pub fn bound_addrs(&self) -> HashMap<String, SocketAddr> {
-        let status = self.listener_status.lock().expect("listener status lock");
-        status
-            .iter()
-            .map(|l| (l.spec.name.clone(), l.bound))
-            .collect()
     }
 
     pub fn status(&self) -> ProxyStatus {
