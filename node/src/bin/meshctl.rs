@@ -39,6 +39,8 @@ enum Command {
     },
     /// Ask the node to re-read its configuration file.
     Reload,
+    /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
+    Keygen,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +145,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             let status: Status = serde_json::from_str(&body)
                 .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
             print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen => {
+            println!("{}", edgemesh_gossip::ClusterKey::generate().to_base64());
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => {

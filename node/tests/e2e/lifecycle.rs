@@ -238,3 +238,14 @@ async fn meshctl_status_json_matches_config_and_tables_print() {
         "{err}"
     );
 }
+
+#[test]
+fn meshctl_keygen_prints_a_fresh_32_byte_key() {
+    let meshctl = env!("CARGO_BIN_EXE_meshctl");
+    let (code, first, _) = run(meshctl, &["keygen"]);
+    assert_eq!(code, 0);
+    let key = edgemesh_gossip::ClusterKey::from_base64(&first).unwrap();
+    assert_eq!(key.as_bytes().len(), 32);
+    let (_, second, _) = run(meshctl, &["keygen"]);
+    assert_ne!(first, second);
+}
