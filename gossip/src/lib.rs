@@ -2,15 +2,16 @@
 //! election. Cores are sans-IO (fed events and a clock, returning what to send) so they can be
 //! tested with simulated time, loss and partitions; the node crate drives them with tokio.
 //!
-//! Built so far: the wire envelope, the cluster keyring, the replicated state and the leader
-//! election core (with PreVote and a quorum lease), each tested on its own; the election by a
-//! seeded simulation of up to 50 nodes with loss, partitions, crashes and restarts. Still to
-//! come (gossip issue): SWIM membership via foca, the UDP and QUIC drivers that carry these
-//! messages, the voter set's life cycle, and the wiring into `edgemesh` and `meshctl`.
+//! Built so far, each tested on its own: the wire envelope, the cluster keyring, the replicated
+//! state, SWIM membership over foca and the leader election core (PreVote, quorum lease);
+//! membership and election by seeded simulations of up to 50 nodes with loss, partitions,
+//! crashes and restarts. Still to come (gossip issue): state broadcasts on foca, the UDP and
+//! QUIC drivers, the voter set's life cycle, and the wiring into `edgemesh` and `meshctl`.
 
 pub mod election;
 pub mod envelope;
 pub mod keyring;
+pub mod membership;
 pub mod state;
 
 pub use election::{Election, ElectionConfig, ElectionMsg, Role};
