@@ -8,12 +8,14 @@
 //! crashes and restarts. Still to come (gossip issue): state broadcasts on foca, the UDP and
 //! QUIC drivers, the voter set's life cycle, and the wiring into `edgemesh` and `meshctl`.
 
+pub mod driver;
 pub mod election;
 pub mod envelope;
 pub mod keyring;
 pub mod membership;
 pub mod state;
 
+pub use driver::{MemberStatus, Mesh, MeshConfig, MeshStatus};
 pub use election::{Election, ElectionConfig, ElectionMsg, Role};
 pub use envelope::EnvelopeError;
 pub use keyring::{ClusterKey, KeyError, Keyring, OpenError};

@@ -234,7 +234,7 @@ impl Membership {
     }
 
     /// Tells the others we are leaving, so they drop us at once.
-    pub fn leave(mut self) -> Result<Effects, MembershipError> {
+    pub fn leave(&mut self) -> Result<Effects, MembershipError> {
         let r = self.foca.leave_cluster(&mut self.rt);
         self.finish(r)
     }

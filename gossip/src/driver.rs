@@ -1,0 +1,374 @@
+//! The tokio driver: one UDP socket, one task. Every datagram is a versioned [`envelope`]
+//! sealed with the cluster [`Keyring`]; anything that does not open or decode is dropped and
+//! counted, and never reaches the protocol cores.
+//!
+//! Datagram kinds: 1 = SWIM (foca's own bytes inside the envelope).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use foca::Timer;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::envelope;
+use crate::keyring::Keyring;
+use crate::membership::{Effects, Membership, MembershipConfig, NodeIdentity};
+
+const KIND_SWIM: u8 = 1;
+/// Authenticated data bound into every seal: a packet for another protocol never opens here.
+const AAD: &[u8] = b"edgemesh-gossip-v1";
+const MAX_DATAGRAM: usize = 64 * 1024;
+
+pub struct MeshConfig {
+    pub me: NodeIdentity,
+    pub bind: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    pub keyring: Keyring,
+    pub membership: MembershipConfig,
+}
+
+/// Packet counters, shown by `meshctl` and exported as metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Failed authentication (wrong or no cluster key).
+    pub rejected_auth: AtomicU64,
+    /// Authenticated but malformed (bad envelope, version, or protocol payload).
+    pub rejected_decode: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub gossip: SocketAddr,
+    pub public: Option<std::net::IpAddr>,
+    pub incarnation: u64,
+    /// Seconds since this node first saw the member up.
+    pub age_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshStatus {
+    pub me: MemberStatus,
+    pub members: Vec<MemberStatus>,
+    pub joined: bool,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_rejected_auth: u64,
+    pub packets_rejected_decode: u64,
+}
+
+struct Shared {
+    counters: Counters,
+    members: Mutex<BTreeMap<SocketAddr, (NodeIdentity, Instant)>>,
+    me: NodeIdentity,
+    started: Instant,
+}
+
+/// A running mesh member. Dropping it without [`Mesh::leave`] just stops it.
+pub struct Mesh {
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    pub local_addr: SocketAddr,
+}
+
+impl Mesh {
+    pub async fn start(cfg: MeshConfig) -> std::io::Result<Mesh> {
+        let socket = UdpSocket::bind(cfg.bind).await?;
+        let local_addr = socket.local_addr()?;
+        let shared = Arc::new(Shared {
+            counters: Counters::default(),
+            members: Mutex::new(BTreeMap::new()),
+            me: cfg.me.clone(),
+            started: Instant::now(),
+        });
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let swim = Membership::new(cfg.me.clone(), &cfg.membership, seed);
+        let (stop, stopped) = oneshot::channel();
+        let driver = Driver {
+            socket,
+            keyring: cfg.keyring,
+            swim,
+            timers: BTreeMap::new(),
+            seq: 0,
+            shared: shared.clone(),
+            seeds: cfg.seeds,
+        };
+        tokio::spawn(driver.run(stopped));
+        info!(addr = %local_addr, id = %cfg.me.id, "gossip listening");
+        Ok(Mesh {
+            shared,
+            stop: Some(stop),
+            local_addr,
+        })
+    }
+
+    pub fn status(&self) -> MeshStatus {
+        let now = Instant::now();
+        let view = |id: &NodeIdentity, since: Instant| MemberStatus {
+            id: id.id.clone(),
+            gossip: id.gossip,
+            public: id.public,
+            incarnation: id.incarnation,
+            age_secs: now.duration_since(since).as_secs(),
+        };
+        let mut members: Vec<MemberStatus> = self
+            .shared
+            .members
+            .lock()
+            .expect("members lock")
+            .values()
+            .map(|(id, since)| view(id, *since))
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        let c = &self.shared.counters;
+        MeshStatus {
+            me: view(&self.shared.me, self.shared.started),
+            joined: !members.is_empty(),
+            members,
+            packets_sent: c.sent.load(Ordering::Relaxed),
+            packets_received: c.received.load(Ordering::Relaxed),
+            packets_rejected_auth: c.rejected_auth.load(Ordering::Relaxed),
+            packets_rejected_decode: c.rejected_decode.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Announces our departure so peers drop us at once, then stops (bounded wait).
+    pub async fn leave(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let (done, left) = oneshot::channel();
+            if stop.send(done).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), left).await;
+            }
+        }
+    }
+}
+
+struct Driver {
+    socket: UdpSocket,
+    keyring: Keyring,
+    swim: Membership,
+    /// (deadline, sequence) -> timer
+    timers: BTreeMap<(Instant, u64), Timer<NodeIdentity>>,
+    seq: u64,
+    shared: Arc<Shared>,
+    seeds: Vec<SocketAddr>,
+}
+
+impl Driver {
+    async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Join: retry the seeds with back-off until someone answers; meanwhile the node serves
+        // with its own state.
+        let mut join_backoff = Duration::from_millis(500);
+        let mut next_join = Instant::now();
+        loop {
+            let next_timer = self.timers.keys().next().map(|(t, _)| *t);
+            let joined = !self.shared.members.lock().expect("members lock").is_empty();
+            let wake = match (next_timer, joined || self.seeds.is_empty()) {
+                (Some(t), true) => t,
+                (Some(t), false) => t.min(next_join),
+                (None, true) => Instant::now() + Duration::from_secs(3600),
+                (None, false) => next_join,
+            };
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.datagram(&buf[..n], from).await,
+                    Err(e) => debug!(error = %e, "gossip receive failed"),
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if !joined && now >= next_join && !self.seeds.is_empty() {
+                        for seed in self.seeds.clone() {
+                            let fx = self.swim.join(seed);
+                            self.effects(fx).await;
+                        }
+                        next_join = now + join_backoff;
+                        join_backoff = (join_backoff * 2).min(Duration::from_secs(30));
+                    }
+                    while let Some(entry) = self.timers.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        let timer = entry.remove();
+                        let fx = self.swim.timer(timer);
+                        self.effects(fx).await;
+                    }
+                }
+                done = &mut stop => {
+                    let fx = self.swim.leave();
+                    if let Ok(fx) = fx {
+                        for (to, data) in fx.send {
+                            self.send(to.gossip, &data).await;
+                        }
+                    }
+                    if let Ok(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn datagram(&mut self, packet: &[u8], from: SocketAddr) {
+        let c = &self.shared.counters;
+        c.received.fetch_add(1, Ordering::Relaxed);
+        let Ok(plain) = self.keyring.open(packet, AAD) else {
+            c.rejected_auth.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, "gossip packet failed authentication");
+            return;
+        };
+        let payload: Vec<u8> = match envelope::decode(&plain, KIND_SWIM, MAX_DATAGRAM) {
+            Ok(p) => p,
+            Err(e) => {
+                c.rejected_decode.fetch_add(1, Ordering::Relaxed);
+                warn!(%from, error = %e, "gossip packet rejected");
+                return;
+            }
+        };
+        let fx = self.swim.datagram(&payload);
+        if fx.is_err() {
+            c.rejected_decode.fetch_add(1, Ordering::Relaxed);
+        }
+        self.effects(fx).await;
+    }
+
+    async fn effects(&mut self, fx: Result<Effects, crate::membership::MembershipError>) {
+        let fx = match fx {
+            Ok(fx) => fx,
+            Err(e) => {
+                debug!(error = %e, "membership refused input");
+                return;
+            }
+        };
+        for (to, data) in &fx.send {
+            self.send(to.gossip, data).await;
+        }
+        let now = Instant::now();
+        for (after, timer) in fx.timers {
+            self.seq += 1;
+            self.timers.insert((now + after, self.seq), timer);
+        }
+        let mut members = self.shared.members.lock().expect("members lock");
+        for id in fx.down {
+            info!(member = %id.id, addr = %id.gossip, "member down");
+            members.remove(&id.gossip);
+        }
+        for (old, new) in fx.renamed {
+            members.remove(&old.gossip);
+            members.insert(new.gossip, (new, now));
+        }
+        for id in fx.up {
+            info!(member = %id.id, addr = %id.gossip, "member up");
+            members.insert(id.gossip, (id, now));
+        }
+    }
+
+    async fn send(&self, to: SocketAddr, data: &[u8]) {
+        let Ok(wire) = envelope::encode(KIND_SWIM, &data, MAX_DATAGRAM) else {
+            warn!(%to, len = data.len(), "gossip message too large; dropped");
+            return;
+        };
+        let sealed = self.keyring.seal(&wire, AAD);
+        match self.socket.send_to(&sealed, to).await {
+            Ok(_) => {
+                self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => debug!(%to, error = %e, "gossip send failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyring::ClusterKey;
+
+    fn fast() -> MembershipConfig {
+        MembershipConfig {
+            probe_period: Duration::from_millis(200),
+            probe_rtt: Duration::from_millis(100),
+            // Far longer than any wait below: a member that disappears within a wait was
+            // announced gone, not detected.
+            suspect_to_down: Duration::from_secs(30),
+            ..MembershipConfig::lan(4)
+        }
+    }
+
+    async fn mesh(id: &str, key: &ClusterKey, seeds: Vec<SocketAddr>) -> Mesh {
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // The gossip address must be known before binding: take a free port first.
+        let port = std::net::UdpSocket::bind(bind)
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Mesh::start(MeshConfig {
+            me: NodeIdentity {
+                id: id.into(),
+                gossip: addr,
+                public: None,
+                incarnation: 1,
+                bump: 0,
+            },
+            bind: addr,
+            seeds,
+            keyring: Keyring::new(vec![key.clone()]).unwrap(),
+            membership: fast(),
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn wait(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn ids(m: &Mesh) -> Vec<String> {
+        m.status().members.into_iter().map(|s| s.id).collect()
+    }
+
+    #[tokio::test]
+    async fn meshes_converge_strangers_are_rejected_and_leaving_is_immediate() {
+        let key = ClusterKey::generate();
+        let a = mesh("a", &key, vec![]).await;
+        let b = mesh("b", &key, vec![a.local_addr]).await;
+        let c = mesh("c", &key, vec![a.local_addr]).await;
+        wait("3 members", || {
+            [&a, &b, &c].iter().all(|m| m.status().members.len() == 2)
+        })
+        .await;
+        assert_eq!(ids(&b), ["a", "c"]);
+
+        let stranger = mesh(
+            "x",
+            &ClusterKey::generate(),
+            vec![a.local_addr, b.local_addr],
+        )
+        .await;
+        wait("rejected packets", || a.status().packets_rejected_auth > 0).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        for m in [&a, &b, &c] {
+            assert!(!ids(m).contains(&"x".to_string()));
+        }
+        assert!(stranger.status().members.is_empty());
+
+        c.leave().await;
+        wait("c gone", || ids(&a) == ["b"] && ids(&b) == ["a"]).await;
+    }
+}
