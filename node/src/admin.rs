@@ -47,6 +47,18 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "application/json",
             serde_json::to_string_pretty(&d.status_json()).unwrap_or_default(),
         ),
+        (&Method::GET, "/members") => match d.mesh_status() {
+            Some(m) => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&m).unwrap_or_default(),
+            ),
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "this node runs alone: no [gossip] section in its configuration\n".into(),
+            ),
+        },
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -63,7 +75,7 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /healthz, /status, /metrics or POST /reload\n".into(),
+            "try /healthz, /status, /members, /metrics or POST /reload\n".into(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -22,7 +22,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, GossipConfig};
+use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
+use edgemesh_gossip::{ClusterKey, Keyring, Mesh, MeshConfig, MeshStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,6 +54,10 @@ struct ConfigState {
 
 pub struct Daemon {
     proxy: Arc<Proxy>,
+    /// The mesh, when `[gossip]` is configured; taken out to leave at shutdown.
+    mesh: Mutex<Option<Mesh>>,
+    gossip_packets: Family<PacketLabel, Counter>,
+    gossip_members: prometheus_client::metrics::gauge::Gauge,
     current: tokio::sync::Mutex<(Config, u64)>,
     state: Mutex<ConfigState>,
     reloads: Family<ReloadLabel, Counter>,
@@ -62,6 +68,47 @@ pub struct Daemon {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ReloadLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct PacketLabel {
+    result: &'static str,
+}
+
+async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
+    let keys = g
+        .keys
+        .iter()
+        .map(|k| ClusterKey::from_base64(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let membership = MembershipConfig {
+        probe_period: g.probe_period,
+        probe_rtt: g.probe_rtt,
+        indirect_probes: g.indirect_probes,
+        suspect_to_down: g.suspect_to_down,
+        max_packet_size: g.max_packet_size,
+        cluster_size: g.expected_cluster_size,
+    };
+    let me = NodeIdentity {
+        id: g.node_id.clone(),
+        gossip: g.advertise,
+        public: g.public_ip,
+        // The start time: a restarted node outranks its previous self.
+        incarnation: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64),
+        bump: 0,
+    };
+    let mesh = Mesh::start(MeshConfig {
+        me,
+        bind: g.bind,
+        seeds: g.seeds.clone(),
+        keyring: Keyring::new(keys)?,
+        membership,
+    })
+    .await
+    .with_context(|| format!("gossip socket on {}", g.bind))?;
+    Ok(mesh)
 }
 
 fn unix_now() -> u64 {
@@ -126,8 +173,27 @@ impl Daemon {
             .set_listeners(&config.listeners)
             .await
             .context("binding listeners")?;
+        let mesh = match &config.gossip {
+            Some(g) => Some(start_mesh(g).await?),
+            None => None,
+        };
+        let gossip_packets = Family::<PacketLabel, Counter>::default();
+        let gossip_members = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "edgemesh_gossip_packets",
+            "Gossip datagrams, by result",
+            gossip_packets.clone(),
+        );
+        registry.register(
+            "edgemesh_gossip_members",
+            "Other members this node sees alive",
+            gossip_members.clone(),
+        );
         let daemon = Arc::new(Daemon {
             proxy,
+            mesh: Mutex::new(mesh),
+            gossip_packets,
+            gossip_members,
             state: Mutex::new(ConfigState {
                 file: path.to_path_buf(),
                 generation: 1,
@@ -189,6 +255,7 @@ impl Daemon {
         for (what, changed) in [
             ("node.admin_addr", new.admin_addr != old.admin_addr),
             ("node.data_dir", new.data_dir != old.data_dir),
+            ("gossip", new.gossip != old.gossip),
         ] {
             if changed {
                 warn!(
@@ -223,12 +290,36 @@ impl Daemon {
             }
         }
         v["version"] = env!("CARGO_PKG_VERSION").into();
+        v["mesh"] = self.mesh_status().map_or(serde_json::Value::Null, |m| {
+            serde_json::to_value(m).unwrap_or_default()
+        });
         let state = self.state.lock().expect("state lock").clone();
         v["config"] = serde_json::to_value(state).unwrap_or_default();
         v
     }
 
+    pub fn mesh_status(&self) -> Option<MeshStatus> {
+        self.mesh
+            .lock()
+            .expect("mesh lock")
+            .as_ref()
+            .map(Mesh::status)
+    }
+
     pub fn metrics_text(&self) -> String {
+        if let Some(m) = self.mesh_status() {
+            // The driver keeps its own atomics; bring the exported counters up to them.
+            for (result, now) in [
+                ("sent", m.packets_sent),
+                ("received", m.packets_received),
+                ("rejected_auth", m.packets_rejected_auth),
+                ("rejected_decode", m.packets_rejected_decode),
+            ] {
+                let c = self.gossip_packets.get_or_create(&PacketLabel { result });
+                c.inc_by(now.saturating_sub(c.get()));
+            }
+            self.gossip_members.set(m.members.len() as i64);
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             warn!(error = %e, "encoding metrics failed");
@@ -285,6 +376,11 @@ impl Daemon {
             );
         } else {
             info!("drained; exiting");
+        }
+        let mesh = self.mesh.lock().expect("mesh lock").take();
+        if let Some(mesh) = mesh {
+            mesh.leave().await;
+            info!("left the mesh");
         }
         admin_task.abort();
         Ok(())

@@ -39,6 +39,12 @@ enum Command {
     },
     /// Ask the node to re-read its configuration file.
     Reload,
+    /// The mesh as this node sees it: members with their addresses, incarnation and age.
+    Members {
+        /// Print the node's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
     Keygen,
 }
@@ -119,6 +125,53 @@ struct Cert {
     default: bool,
 }
 
+#[derive(Deserialize)]
+struct Mesh {
+    me: Member,
+    members: Vec<Member>,
+    packets_sent: u64,
+    packets_received: u64,
+    packets_rejected_auth: u64,
+    packets_rejected_decode: u64,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    id: String,
+    gossip: String,
+    public: Option<String>,
+    incarnation: u64,
+    age_secs: u64,
+}
+
+fn print_members(m: &Mesh) {
+    println!(
+        "{} members (this node: {}); packets sent {} received {} rejected {} (auth) {} (decode)\n",
+        m.members.len() + 1,
+        m.me.id,
+        m.packets_sent,
+        m.packets_received,
+        m.packets_rejected_auth,
+        m.packets_rejected_decode
+    );
+    let row = |x: &Member, state: &str| {
+        vec![
+            x.id.clone(),
+            x.gossip.clone(),
+            x.public.clone().unwrap_or_else(|| "-".into()),
+            state.into(),
+            x.incarnation.to_string(),
+            format!("{}s", x.age_secs),
+        ]
+    };
+    let mut rows = vec![row(&m.me, "alive (self)")];
+    rows.extend(m.members.iter().map(|x| row(x, "alive")));
+    table(
+        &["ID", "GOSSIP", "PUBLIC", "STATE", "INCARNATION", "AGE"],
+        rows,
+    );
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -145,6 +198,21 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             let status: Status = serde_json::from_str(&body)
                 .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
             print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Members { json } => {
+            let (code, body) = request(&cli.addr, "GET", "/members").await?;
+            if code != 200 || *json {
+                print!("{body}");
+                return Ok(if code == 200 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            let m: Mesh = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected members answer from {}: {e}", cli.addr))?;
+            print_members(&m);
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen => {

@@ -60,6 +60,27 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
+    gossip: Option<RawGossip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGossip {
+    bind: String,
+    /// Address peers reach us on; defaults to `bind` (required when `bind` is unspecified).
+    advertise: Option<String>,
+    node_id: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    /// File with the base64 cluster key(s), one per line; the first sends.
+    key_file: Option<PathBuf>,
+    public_ip: Option<String>,
+    probe_period_ms: Option<u64>,
+    probe_rtt_ms: Option<u64>,
+    indirect_probes: Option<usize>,
+    suspect_to_down_ms: Option<u64>,
+    max_packet_size: Option<usize>,
+    expected_cluster_size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -171,6 +192,25 @@ pub struct Config {
     pub table: TableSpec,
     /// Hosts that get a certificate from the local CA (routes with `tls = true`).
     pub tls_hosts: Vec<String>,
+    /// Mesh settings; `None` runs a single node.
+    pub gossip: Option<GossipConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipConfig {
+    pub node_id: String,
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Base64 keys, first one sending; validated at load.
+    pub keys: Vec<String>,
+    pub probe_period: Duration,
+    pub probe_rtt: Duration,
+    pub indirect_probes: usize,
+    pub suspect_to_down: Duration,
+    pub max_packet_size: usize,
+    pub expected_cluster_size: u32,
 }
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
@@ -411,6 +451,11 @@ pub fn parse(
         }
     }
 
+    let gossip = match &raw.gossip {
+        None => None,
+        Some(g) => Some(gossip_config(g, path, &err, &env_err, env)?),
+    };
+
     Ok(Config {
         file: path.to_path_buf(),
         data_dir,
@@ -428,7 +473,137 @@ pub fn parse(
             https_port,
         },
         tls_hosts,
+        gossip,
     })
+}
+
+fn gossip_config(
+    g: &RawGossip,
+    path: &Path,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    env_err: &dyn Fn(&str, String) -> ConfigError,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<GossipConfig, ConfigError> {
+    let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+        v.parse()
+            .map_err(|_| err(key, format!("{v:?} is not an IP:port address")))
+    };
+    let bind = addr("gossip.bind", &g.bind)?;
+    let advertise = match &g.advertise {
+        Some(a) => addr("gossip.advertise", a)?,
+        None if bind.ip().is_unspecified() => {
+            return Err(err(
+                "gossip.bind",
+                format!("{bind} is unspecified: set gossip.advertise to the address peers reach"),
+            ))
+        }
+        None => bind,
+    };
+    let seeds = g
+        .seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| addr(&format!("gossip.seeds[{i}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let public_ip = match env("EDGEMESH_PUBLIC_IP")
+        .map(|v| (v, true))
+        .or(g.public_ip.clone().map(|v| (v, false)))
+    {
+        None => None,
+        Some((v, from_env)) => Some(v.parse().map_err(|_| {
+            let msg = format!("{v:?} is not an IP address");
+            if from_env {
+                env_err("EDGEMESH_PUBLIC_IP", msg)
+            } else {
+                err("gossip.public_ip", msg)
+            }
+        })?),
+    };
+    // Keys: the environment wins over the key file; several keys (rotation) are separated by
+    // commas or lines, the first one sends.
+    let (text, source) = match (env("EDGEMESH_CLUSTER_KEY"), &g.key_file) {
+        (Some(v), _) => (v, None),
+        (None, Some(f)) => {
+            let file = path.parent().unwrap_or(Path::new(".")).join(f);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                err("gossip.key_file", format!("cannot read {}: {e}", file.display()))
+            })?;
+            (text, Some(()))
+        }
+        (None, None) => {
+            return Err(err(
+                "gossip",
+                "no cluster key: set EDGEMESH_CLUSTER_KEY or gossip.key_file (meshctl keygen makes one)".into(),
+            ))
+        }
+    };
+    let keys: Vec<String> = text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect();
+    if keys.is_empty() {
+        let msg = "holds no key".to_string();
+        return Err(match source {
+            Some(()) => err("gossip.key_file", msg),
+            None => env_err("EDGEMESH_CLUSTER_KEY", msg),
+        });
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if let Err(e) = edgemesh_gossip::ClusterKey::from_base64(k) {
+            let msg = format!("key {}: {e}", i + 1);
+            return Err(match source {
+                Some(()) => err("gossip.key_file", msg),
+                None => env_err("EDGEMESH_CLUSTER_KEY", msg),
+            });
+        }
+    }
+    let node_id = match &g.node_id {
+        Some(id) if !id.trim().is_empty() => id.trim().to_string(),
+        Some(_) => return Err(err("gossip.node_id", "must not be empty".into())),
+        None => std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| advertise.to_string()),
+    };
+    let size = g.expected_cluster_size.unwrap_or(16).max(1);
+    let lan = edgemesh_gossip::membership::MembershipConfig::lan(size);
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    let out = GossipConfig {
+        node_id,
+        bind,
+        advertise,
+        seeds,
+        public_ip,
+        keys,
+        probe_period: ms(g.probe_period_ms, lan.probe_period),
+        probe_rtt: ms(g.probe_rtt_ms, lan.probe_rtt),
+        indirect_probes: g.indirect_probes.unwrap_or(lan.indirect_probes),
+        suspect_to_down: ms(g.suspect_to_down_ms, lan.suspect_to_down),
+        max_packet_size: g.max_packet_size.unwrap_or(lan.max_packet_size),
+        expected_cluster_size: size,
+    };
+    if out.probe_rtt >= out.probe_period {
+        return Err(err(
+            "gossip.probe_rtt_ms",
+            "must be shorter than gossip.probe_period_ms".into(),
+        ));
+    }
+    if !(1..=16).contains(&out.indirect_probes) {
+        return Err(err(
+            "gossip.indirect_probes",
+            "must be between 1 and 16".into(),
+        ));
+    }
+    if !(512..=65_000).contains(&out.max_packet_size) {
+        return Err(err(
+            "gossip.max_packet_size",
+            "must be between 512 and 65000".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// A route host: an exact name, `*.suffix`, or `*`.

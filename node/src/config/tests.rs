@@ -190,3 +190,89 @@ fn missing_file_and_missing_cert_files() {
     let e = error_of(&src);
     assert_eq!(e.key.as_deref(), Some("tls.certificates[0].cert"), "{e}");
 }
+
+const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+fn gossip_src(extra: &str) -> String {
+    format!("{GOOD}\n[gossip]\nbind = \"127.0.0.1:7946\"\nnode_id = \"edge-1\"\nseeds = [\"10.0.0.2:7946\", \"10.0.0.3:7946\"]\n{extra}")
+}
+
+#[test]
+fn gossip_section_with_key_from_environment_or_file() {
+    let env = |k: &str| match k {
+        "EDGEMESH_CLUSTER_KEY" => Some(format!("{KEY},{KEY}")),
+        "EDGEMESH_PUBLIC_IP" => Some("203.0.113.10".to_string()),
+        _ => None,
+    };
+    let c = parse(
+        Path::new("e.toml"),
+        &gossip_src("probe_period_ms = 800\n"),
+        &env,
+    )
+    .unwrap();
+    let g = c.gossip.unwrap();
+    assert_eq!(g.node_id, "edge-1");
+    assert_eq!(g.advertise, "127.0.0.1:7946".parse().unwrap());
+    assert_eq!(g.seeds.len(), 2);
+    assert_eq!(g.keys.len(), 2, "rotation: two keys");
+    assert_eq!(g.public_ip, Some("203.0.113.10".parse().unwrap()));
+    assert_eq!(g.probe_period, Duration::from_millis(800));
+    assert!(
+        parse_str(GOOD).unwrap().gossip.is_none(),
+        "no section, single node"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.key"), format!("{KEY}\n")).unwrap();
+    let path = dir.path().join("e.toml");
+    let c = parse(&path, &gossip_src("key_file = \"cluster.key\"\n"), &no_env).unwrap();
+    assert_eq!(c.gossip.unwrap().keys, vec![KEY.to_string()]);
+}
+
+#[test]
+fn gossip_errors_name_the_key_or_variable() {
+    let e = error_of(&gossip_src(""));
+    assert_eq!(e.key.as_deref(), Some("gossip"), "{e}");
+    assert!(e.message.contains("meshctl keygen"), "{e}");
+
+    let bad_env = |k: &str| (k == "EDGEMESH_CLUSTER_KEY").then(|| "c2hvcnQ=".to_string());
+    let e = parse(Path::new("e.toml"), &gossip_src(""), &bad_env).unwrap_err();
+    assert_eq!(
+        e.key.as_deref(),
+        Some("environment EDGEMESH_CLUSTER_KEY"),
+        "{e}"
+    );
+    assert!(e.message.contains("32 bytes"), "{e}");
+
+    let key = |k: &str| (k == "EDGEMESH_CLUSTER_KEY").then(|| KEY.to_string());
+    let cases: &[(&str, &str)] = &[
+        (
+            "probe_period_ms = 100\nprobe_rtt_ms = 200\n",
+            "gossip.probe_rtt_ms",
+        ),
+        ("key_file = \"/nonexistent/key\"\n", "gossip"),
+        ("indirect_probes = 0\n", "gossip.indirect_probes"),
+    ];
+    for (extra, expected) in cases {
+        let src = gossip_src(extra);
+        match parse(Path::new("e.toml"), &src, &key) {
+            Err(e) => assert_eq!(e.key.as_deref(), Some(*expected), "{extra}: {e}"),
+            Ok(_) if extra.starts_with("key_file") => {} // the environment key wins
+            Ok(_) => panic!("{extra} accepted"),
+        }
+    }
+    let src = gossip_src("").replace("10.0.0.3:7946", "10.0.0.3");
+    let e = parse(Path::new("e.toml"), &src, &key).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("gossip.seeds[1]"));
+    let src = gossip_src("").replace("127.0.0.1:7946", "0.0.0.0:7946");
+    let e = parse(Path::new("e.toml"), &src, &key).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("gossip.bind"));
+    assert!(e.message.contains("gossip.advertise"), "{e}");
+    let e = parse(
+        Path::new("e.toml"),
+        &gossip_src("key_file = \"/nonexistent/key\"\n"),
+        &no_env,
+    )
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("gossip.key_file"), "{e}");
+}

@@ -162,11 +162,12 @@ fn render(
     s
 }
 
-/// Starts a node: chooses free ports for `{http}`, `{https}`, `{tcp}`, `{tcp2}` and `{admin}`,
+/// Starts a node: chooses free ports for `{http}`, `{https}`, `{tcp}`, `{tcp2}`, `{admin}` and
+/// `{gossip}`,
 /// writes the config, spawns the process and waits until the admin API answers.
 pub async fn node(template: &str, vars: &[(&str, String)]) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let ports: HashMap<&'static str, u16> = ["http", "https", "tcp", "tcp2", "admin"]
+    let ports: HashMap<&'static str, u16> = ["http", "https", "tcp", "tcp2", "admin", "gossip"]
         .into_iter()
         .map(|p| (p, free_port()))
         .collect();

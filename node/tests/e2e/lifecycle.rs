@@ -48,9 +48,33 @@ async fn invalid_config_at_start_exits_2_naming_file_line_and_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_accepts_the_annotated_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/edgemesh.toml");
-    let (code, out, err) = run(env!("CARGO_BIN_EXE_edgemesh"), &["check-config", example]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("configuration is valid"), "{out}");
+    let check = |key: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgemesh"));
+        cmd.args(["check-config", example]);
+        match key {
+            Some(k) => cmd.env("EDGEMESH_CLUSTER_KEY", k),
+            None => cmd.env_remove("EDGEMESH_CLUSTER_KEY"),
+        };
+        cmd.output().unwrap()
+    };
+    // The example's key file does not exist here; the environment's key wins over it.
+    let key = edgemesh_gossip::ClusterKey::generate().to_base64();
+    let out = check(Some(&key));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    let out = check(None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("gossip.key_file: cannot read /etc/edgemesh/cluster.key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {

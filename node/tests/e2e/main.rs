@@ -4,6 +4,7 @@
 mod harness;
 mod http;
 mod lifecycle;
+mod mesh;
 mod tcp;
 
 /// The config most tests start from. `{a}`, `{b}`, `{dead}` and `{echo}` are backend

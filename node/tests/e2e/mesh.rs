@@ -1,0 +1,133 @@
+//! Several edgemesh processes forming a mesh over loopback UDP.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, run, Node};
+
+const TEMPLATE: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[gossip]
+bind = "127.0.0.1:{gossip}"
+node_id = "{id}"
+seeds = [{seeds}]
+key_file = "{keyfile}"
+probe_period_ms = 200
+probe_rtt_ms = 100
+suspect_to_down_ms = 1000
+expected_cluster_size = 6
+"#;
+
+async fn member(id: &str, seeds: &str, keyfile: &std::path::Path) -> Node {
+    harness::node(
+        TEMPLATE,
+        &[
+            ("id", id.to_string()),
+            ("seeds", seeds.to_string()),
+            ("keyfile", keyfile.display().to_string()),
+        ],
+    )
+    .await
+}
+
+async fn member_ids(n: &Node) -> Vec<String> {
+    let (code, body) = harness::http_get(&n.admin(), "/members").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn wait_views(nodes: &[&Node], expected: usize, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut ok = true;
+        for n in nodes {
+            ok &= member_ids(n).await.len() == expected;
+        }
+        if ok {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "views did not reach {expected} members within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    let wrong = dir.path().join("wrong.key");
+    let meshctl = env!("CARGO_BIN_EXE_meshctl");
+    for (path, _) in [(&key, 0), (&wrong, 1)] {
+        let (code, out, _) = run(meshctl, &["keygen"]);
+        assert_eq!(code, 0);
+        std::fs::write(path, out).unwrap();
+    }
+
+    let first = member("m0", "", &key).await;
+    let seed = format!("\"127.0.0.1:{}\"", first.port("gossip"));
+    let mut nodes = vec![first];
+    for i in 1..5 {
+        nodes.push(member(&format!("m{i}"), &seed, &key).await);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let took = wait_views(&all, 4, Duration::from_secs(20)).await;
+    eprintln!("5 processes converged in {took:?}");
+    assert_eq!(member_ids(&nodes[2]).await, ["m0", "m1", "m3", "m4"]);
+
+    // kill -9: no leave message, so the others must detect it.
+    let mut killed = nodes.remove(3);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    let detected = wait_views(&survivors, 3, Duration::from_secs(10)).await;
+    eprintln!("kill -9 seen by all 4 survivors after {detected:?}");
+
+    // A node with another key: it talks to two seeds, nobody ever lists it.
+    let seeds = format!("{seed}, \"127.0.0.1:{}\"", nodes[1].port("gossip"));
+    let stranger = member("intruder", &seeds, &wrong).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = nodes[0].status().await;
+        if s["mesh"]["packets_rejected_auth"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rejected packet counted on m0"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in &nodes {
+        assert!(!member_ids(n).await.contains(&"intruder".to_string()));
+    }
+    assert!(member_ids(&stranger).await.is_empty());
+    let (_, metrics) = harness::http_get(&nodes[0].admin(), "/metrics")
+        .await
+        .unwrap();
+    assert!(metrics.contains("edgemesh_gossip_members 3"), "{metrics}");
+    assert!(
+        metrics.contains("edgemesh_gossip_packets_total{result=\"rejected_auth\"}"),
+        "{metrics}"
+    );
+
+    let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "members"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("4 members (this node: m0)"), "{out}");
+    for id in ["m1", "m2", "m4"] {
+        assert!(out.contains(id), "{out}");
+    }
+}
