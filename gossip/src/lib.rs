@@ -8,6 +8,7 @@
 //! crashes and restarts. Still to come (gossip issue): state broadcasts on foca, the UDP and
 //! QUIC drivers, the voter set's life cycle, and the wiring into `edgemesh` and `meshctl`.
 
+pub mod broadcast;
 pub mod driver;
 pub mod election;
 pub mod envelope;

@@ -15,7 +15,10 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::state::NodeId;
+use std::sync::{Arc, Mutex};
+
+use crate::broadcast::{self, StateBroadcasts};
+use crate::state::{ClusterState, NodeId, Update};
 
 /// Who a member is. foca tells members apart by gossip address (`Addr`); a node restarted on
 /// the same address comes back with a higher `incarnation` (its start time) and replaces its
@@ -191,7 +194,7 @@ pub struct Effects {
 #[error("membership: {0}")]
 pub struct MembershipError(String);
 
-type Swim = Foca<NodeIdentity, BincodeCodec, SmallRng, foca::NoCustomBroadcast>;
+type Swim = Foca<NodeIdentity, BincodeCodec, SmallRng, StateBroadcasts>;
 
 pub struct Membership {
     foca: Swim,
@@ -200,15 +203,37 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(me: NodeIdentity, config: &MembershipConfig, seed: u64) -> Membership {
+        let state = Arc::new(Mutex::new(ClusterState::new(me.id.clone())));
+        Membership::with_state(me, config, seed, state)
+    }
+
+    /// Membership whose custom broadcasts carry updates of `state`.
+    pub fn with_state(
+        me: NodeIdentity,
+        config: &MembershipConfig,
+        seed: u64,
+        state: Arc<Mutex<ClusterState>>,
+    ) -> Membership {
         Membership {
-            foca: Foca::new(
+            foca: Foca::with_custom_broadcast(
                 me,
                 config.to_foca(),
                 SmallRng::seed_from_u64(seed),
                 BincodeCodec,
+                StateBroadcasts::new(state),
             ),
             rt: AccumulatingRuntime::new(),
         }
+    }
+
+    /// Disseminates an update this node made (already applied to its state).
+    pub fn publish(&mut self, update: &Update) -> Result<Effects, MembershipError> {
+        let item = broadcast::encode(update).map_err(|e| MembershipError(e.to_string()))?;
+        self.foca
+            .add_broadcast(&item)
+            .map_err(|e| MembershipError(e.to_string()))?;
+        let r = self.foca.broadcast(&mut self.rt);
+        self.finish(r)
     }
 
     pub fn me(&self) -> &NodeIdentity {
