@@ -19,14 +19,30 @@ use tracing::{debug, info, warn};
 use crate::envelope;
 use crate::keyring::Keyring;
 use crate::membership::{Effects, Membership, MembershipConfig, NodeIdentity};
+use crate::state::ClusterState;
 
 const KIND_SWIM: u8 = 1;
 /// Authenticated data bound into every seal: a packet for another protocol never opens here.
 const AAD: &[u8] = b"edgemesh-gossip-v1";
 const MAX_DATAGRAM: usize = 64 * 1024;
 
+/// What a node publishes about itself under `node/<id>` in the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeMeta {
+    pub version: String,
+    pub public: Option<std::net::IpAddr>,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub draining: bool,
+}
+
+pub fn meta_key(id: &str) -> String {
+    format!("node/{id}")
+}
+
 pub struct MeshConfig {
     pub me: NodeIdentity,
+    pub meta: NodeMeta,
     pub bind: SocketAddr,
     pub seeds: Vec<SocketAddr>,
     pub keyring: Keyring,
@@ -47,6 +63,8 @@ pub struct Counters {
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberStatus {
     pub id: String,
+    /// From the member's `node/<id>` entry, once it has reached us.
+    pub meta: Option<NodeMeta>,
     pub gossip: SocketAddr,
     pub public: Option<std::net::IpAddr>,
     pub incarnation: u64,
@@ -59,6 +77,8 @@ pub struct MeshStatus {
     pub me: MemberStatus,
     pub members: Vec<MemberStatus>,
     pub joined: bool,
+    /// Entries in the replicated state (tombstones included).
+    pub state_entries: usize,
     pub packets_sent: u64,
     pub packets_received: u64,
     pub packets_rejected_auth: u64,
@@ -67,6 +87,7 @@ pub struct MeshStatus {
 
 struct Shared {
     counters: Counters,
+    state: Arc<Mutex<ClusterState>>,
     members: Mutex<BTreeMap<SocketAddr, (NodeIdentity, Instant)>>,
     me: NodeIdentity,
     started: Instant,
@@ -83,8 +104,10 @@ impl Mesh {
     pub async fn start(cfg: MeshConfig) -> std::io::Result<Mesh> {
         let socket = UdpSocket::bind(cfg.bind).await?;
         let local_addr = socket.local_addr()?;
+        let state = Arc::new(Mutex::new(ClusterState::new(cfg.me.id.clone())));
         let shared = Arc::new(Shared {
             counters: Counters::default(),
+            state: state.clone(),
             members: Mutex::new(BTreeMap::new()),
             me: cfg.me.clone(),
             started: Instant::now(),
@@ -92,9 +115,12 @@ impl Mesh {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let swim = Membership::new(cfg.me.clone(), &cfg.membership, seed);
+        let swim = Membership::with_state(cfg.me.clone(), &cfg.membership, seed, state);
         let (stop, stopped) = oneshot::channel();
+        let meta = bincode::serde::encode_to_vec(&cfg.meta, bincode::config::standard())
+            .map_err(std::io::Error::other)?;
         let driver = Driver {
+            meta,
             socket,
             keyring: cfg.keyring,
             swim,
@@ -114,7 +140,15 @@ impl Mesh {
 
     pub fn status(&self) -> MeshStatus {
         let now = Instant::now();
+        let state = self.shared.state.lock().expect("state lock");
+        let meta = |id: &str| {
+            let bytes = state.get(&meta_key(id))?;
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                .ok()
+                .map(|(m, _)| m)
+        };
         let view = |id: &NodeIdentity, since: Instant| MemberStatus {
+            meta: meta(&id.id),
             id: id.id.clone(),
             gossip: id.gossip,
             public: id.public,
@@ -130,8 +164,10 @@ impl Mesh {
             .map(|(id, since)| view(id, *since))
             .collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
+        let state_entries = state.len();
         let c = &self.shared.counters;
         MeshStatus {
+            state_entries,
             me: view(&self.shared.me, self.shared.started),
             joined: !members.is_empty(),
             members,
@@ -154,6 +190,8 @@ impl Mesh {
 }
 
 struct Driver {
+    /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
+    meta: Vec<u8>,
     socket: UdpSocket,
     keyring: Keyring,
     swim: Membership,
@@ -167,6 +205,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        self.publish_meta().await;
         // Join: retry the seeds with back-off until someone answers; meanwhile the node serves
         // with its own state.
         let mut join_backoff = Duration::from_millis(500);
@@ -259,19 +298,42 @@ impl Driver {
             self.seq += 1;
             self.timers.insert((now + after, self.seq), timer);
         }
-        let mut members = self.shared.members.lock().expect("members lock");
-        for id in fx.down {
-            info!(member = %id.id, addr = %id.gossip, "member down");
-            members.remove(&id.gossip);
+        let someone_new = {
+            let mut members = self.shared.members.lock().expect("members lock");
+            for id in fx.down {
+                info!(member = %id.id, addr = %id.gossip, "member down");
+                members.remove(&id.gossip);
+            }
+            for (old, new) in fx.renamed {
+                members.remove(&old.gossip);
+                members.insert(new.gossip, (new, now));
+            }
+            let someone_new = !fx.up.is_empty();
+            for id in fx.up {
+                info!(member = %id.id, addr = %id.gossip, "member up");
+                members.insert(id.gossip, (id, now));
+            }
+            someone_new
+        };
+        if someone_new {
+            // Broadcasts are not replayed to late joiners: tell them about ourselves again.
+            Box::pin(self.publish_meta()).await;
         }
-        for (old, new) in fx.renamed {
-            members.remove(&old.gossip);
-            members.insert(new.gossip, (new, now));
-        }
-        for id in fx.up {
-            info!(member = %id.id, addr = %id.gossip, "member up");
-            members.insert(id.gossip, (id, now));
-        }
+    }
+
+    async fn publish_meta(&mut self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let key = meta_key(&self.shared.me.id);
+        let update =
+            self.shared
+                .state
+                .lock()
+                .expect("state lock")
+                .set(&key, self.meta.clone(), now);
+        let fx = self.swim.publish(&update);
+        Box::pin(self.effects(fx)).await;
     }
 
     async fn send(&self, to: SocketAddr, data: &[u8]) {
@@ -321,6 +383,12 @@ mod tests {
                 public: None,
                 incarnation: 1,
                 bump: 0,
+            },
+            meta: NodeMeta {
+                version: format!("test-{id}"),
+                public: None,
+                started_at: 0,
+                draining: false,
             },
             bind: addr,
             seeds,

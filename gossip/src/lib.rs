@@ -16,7 +16,7 @@ pub mod keyring;
 pub mod membership;
 pub mod state;
 
-pub use driver::{MemberStatus, Mesh, MeshConfig, MeshStatus};
+pub use driver::{MemberStatus, Mesh, MeshConfig, MeshStatus, NodeMeta};
 pub use election::{Election, ElectionConfig, ElectionMsg, Role};
 pub use envelope::EnvelopeError;
 pub use keyring::{ClusterKey, KeyError, Keyring, OpenError};

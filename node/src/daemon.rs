@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError, GossipConfig};
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
-use edgemesh_gossip::{ClusterKey, Keyring, Mesh, MeshConfig, MeshStatus};
+use edgemesh_gossip::{ClusterKey, Keyring, Mesh, MeshConfig, MeshStatus, NodeMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -89,18 +89,25 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
         max_packet_size: g.max_packet_size,
         cluster_size: g.expected_cluster_size,
     };
+    // The start time: a restarted node outranks its previous self.
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
     let me = NodeIdentity {
         id: g.node_id.clone(),
         gossip: g.advertise,
         public: g.public_ip,
-        // The start time: a restarted node outranks its previous self.
-        incarnation: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64),
+        incarnation: started,
         bump: 0,
     };
     let mesh = Mesh::start(MeshConfig {
         me,
+        meta: NodeMeta {
+            version: env!("CARGO_PKG_VERSION").into(),
+            public: g.public_ip,
+            started_at: started,
+            draining: false,
+        },
         bind: g.bind,
         seeds: g.seeds.clone(),
         keyring: Keyring::new(keys)?,

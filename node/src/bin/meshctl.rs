@@ -138,10 +138,17 @@ struct Mesh {
 #[derive(Deserialize)]
 struct Member {
     id: String,
+    meta: Option<Meta>,
     gossip: String,
     public: Option<String>,
     incarnation: u64,
     age_secs: u64,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    version: String,
+    draining: bool,
 }
 
 fn print_members(m: &Mesh) {
@@ -155,11 +162,17 @@ fn print_members(m: &Mesh) {
         m.packets_rejected_decode
     );
     let row = |x: &Member, state: &str| {
+        let (version, state) = match &x.meta {
+            Some(meta) if meta.draining => (meta.version.clone(), format!("{state}, draining")),
+            Some(meta) => (meta.version.clone(), state.to_string()),
+            None => ("?".into(), state.to_string()),
+        };
         vec![
             x.id.clone(),
             x.gossip.clone(),
             x.public.clone().unwrap_or_else(|| "-".into()),
-            state.into(),
+            state,
+            version,
             x.incarnation.to_string(),
             format!("{}s", x.age_secs),
         ]

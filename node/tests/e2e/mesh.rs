@@ -124,9 +124,33 @@ async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
         "{metrics}"
     );
 
+    // Every member's metadata reached m0 through the replicated state.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = harness::http_get(&nodes[0].admin(), "/members")
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let versions: Vec<&str> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["meta"]["version"].as_str())
+            .collect();
+        if versions.len() == 3 {
+            assert!(versions.iter().all(|x| *x == env!("CARGO_PKG_VERSION")));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metadata did not reach m0: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "members"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("4 members (this node: m0)"), "{out}");
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
     for id in ["m1", "m2", "m4"] {
         assert!(out.contains(id), "{out}");
     }
