@@ -108,6 +108,11 @@ impl Keyring {
         &self.keys[0].0
     }
 
+    /// Every key of the ring, the sending one first.
+    pub fn keys(&self) -> impl Iterator<Item = &ClusterKey> {
+        self.keys.iter().map(|(k, _)| k)
+    }
+
     /// Seals `plaintext`; `aad` is authenticated but not sent (e.g. the protocol name).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);

@@ -8,6 +8,7 @@
 //! crashes and restarts. Still to come (gossip issue): state broadcasts on foca, the UDP and
 //! QUIC drivers, the voter set's life cycle, and the wiring into `edgemesh` and `meshctl`.
 
+pub mod attest;
 pub mod broadcast;
 pub mod driver;
 pub mod election;
@@ -15,6 +16,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod membership;
 pub mod state;
+pub mod sync;
 
 pub use driver::{MemberStatus, Mesh, MeshConfig, MeshStatus, NodeMeta};
 pub use election::{Election, ElectionConfig, ElectionMsg, Role};
