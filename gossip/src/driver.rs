@@ -20,6 +20,7 @@ use crate::envelope;
 use crate::keyring::Keyring;
 use crate::membership::{Effects, Membership, MembershipConfig, NodeIdentity};
 use crate::state::ClusterState;
+use crate::sync::SyncEndpoint;
 
 const KIND_SWIM: u8 = 1;
 /// Authenticated data bound into every seal: a packet for another protocol never opens here.
@@ -41,9 +42,12 @@ pub fn meta_key(id: &str) -> String {
 }
 
 pub struct MeshConfig {
+    /// `me.sync_port` is bound for QUIC sync on `bind`'s IP.
     pub me: NodeIdentity,
     pub meta: NodeMeta,
     pub bind: SocketAddr,
+    /// A sync round with a random member this often (and one with every member that joins).
+    pub sync_interval: Duration,
     pub seeds: Vec<SocketAddr>,
     pub keyring: Keyring,
     pub membership: MembershipConfig,
@@ -79,6 +83,9 @@ pub struct MeshStatus {
     pub joined: bool,
     /// Entries in the replicated state (tombstones included).
     pub state_entries: usize,
+    pub sync_rounds_ok: u64,
+    pub sync_rounds_failed: u64,
+    pub sync_updates_applied: u64,
     pub packets_sent: u64,
     pub packets_received: u64,
     pub packets_rejected_auth: u64,
@@ -87,6 +94,7 @@ pub struct MeshStatus {
 
 struct Shared {
     counters: Counters,
+    sync: SyncEndpoint,
     state: Arc<Mutex<ClusterState>>,
     members: Mutex<BTreeMap<SocketAddr, (NodeIdentity, Instant)>>,
     me: NodeIdentity,
@@ -105,8 +113,16 @@ impl Mesh {
         let socket = UdpSocket::bind(cfg.bind).await?;
         let local_addr = socket.local_addr()?;
         let state = Arc::new(Mutex::new(ClusterState::new(cfg.me.id.clone())));
+        let keyring = Arc::new(cfg.keyring);
+        let sync = SyncEndpoint::start(
+            SocketAddr::new(cfg.bind.ip(), cfg.me.sync_port),
+            &cfg.me.id,
+            keyring.clone(),
+            state.clone(),
+        )?;
         let shared = Arc::new(Shared {
             counters: Counters::default(),
+            sync,
             state: state.clone(),
             members: Mutex::new(BTreeMap::new()),
             me: cfg.me.clone(),
@@ -122,7 +138,9 @@ impl Mesh {
         let driver = Driver {
             meta,
             socket,
-            keyring: cfg.keyring,
+            keyring,
+            sync_interval: cfg.sync_interval,
+            sync_round: 0,
             swim,
             timers: BTreeMap::new(),
             seq: 0,
@@ -136,6 +154,11 @@ impl Mesh {
             stop: Some(stop),
             local_addr,
         })
+    }
+
+    /// The replicated state this member holds.
+    pub fn state(&self) -> Arc<Mutex<ClusterState>> {
+        self.shared.state.clone()
     }
 
     pub fn status(&self) -> MeshStatus {
@@ -166,8 +189,12 @@ impl Mesh {
         members.sort_by(|a, b| a.id.cmp(&b.id));
         let state_entries = state.len();
         let c = &self.shared.counters;
+        let sc = &self.shared.sync.counters;
         MeshStatus {
             state_entries,
+            sync_rounds_ok: sc.rounds_ok.load(Ordering::Relaxed),
+            sync_rounds_failed: sc.rounds_failed.load(Ordering::Relaxed),
+            sync_updates_applied: sc.updates_applied.load(Ordering::Relaxed),
             me: view(&self.shared.me, self.shared.started),
             joined: !members.is_empty(),
             members,
@@ -180,6 +207,7 @@ impl Mesh {
 
     /// Announces our departure so peers drop us at once, then stops (bounded wait).
     pub async fn leave(mut self) {
+        self.shared.sync.close();
         if let Some(stop) = self.stop.take() {
             let (done, left) = oneshot::channel();
             if stop.send(done).is_ok() {
@@ -190,10 +218,12 @@ impl Mesh {
 }
 
 struct Driver {
+    sync_interval: Duration,
+    sync_round: usize,
     /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
     meta: Vec<u8>,
     socket: UdpSocket,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     swim: Membership,
     /// (deadline, sequence) -> timer
     timers: BTreeMap<(Instant, u64), Timer<NodeIdentity>>,
@@ -208,6 +238,8 @@ impl Driver {
         self.publish_meta().await;
         // Join: retry the seeds with back-off until someone answers; meanwhile the node serves
         // with its own state.
+        let mut sync_tick = tokio::time::interval(self.sync_interval);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut join_backoff = Duration::from_millis(500);
         let mut next_join = Instant::now();
         loop {
@@ -241,6 +273,21 @@ impl Driver {
                         let timer = entry.remove();
                         let fx = self.swim.timer(timer);
                         self.effects(fx).await;
+                    }
+                }
+                _ = sync_tick.tick() => {
+                    let peer = {
+                        let members = self.shared.members.lock().expect("members lock");
+                        let n = members.len();
+                        // Round-robin over the members: each is synced with every n rounds.
+                        self.sync_round = self.sync_round.wrapping_add(1);
+                        (n > 0)
+                            .then(|| members.values().nth(self.sync_round % n))
+                            .flatten()
+                            .map(|(id, _)| id.sync_addr())
+                    };
+                    if let Some(peer) = peer {
+                        self.spawn_sync(peer);
                     }
                 }
                 done = &mut stop => {
@@ -308,17 +355,32 @@ impl Driver {
                 members.remove(&old.gossip);
                 members.insert(new.gossip, (new, now));
             }
-            let someone_new = !fx.up.is_empty();
+            let mut new = Vec::new();
             for id in fx.up {
                 info!(member = %id.id, addr = %id.gossip, "member up");
+                new.push(id.sync_addr());
                 members.insert(id.gossip, (id, now));
             }
-            someone_new
+            new
         };
+        // A member that just came up may have missed anything: sync with it at once.
+        for peer in &someone_new {
+            self.spawn_sync(*peer);
+        }
+        let someone_new = !someone_new.is_empty();
         if someone_new {
             // Broadcasts are not replayed to late joiners: tell them about ourselves again.
             Box::pin(self.publish_meta()).await;
         }
+    }
+
+    fn spawn_sync(&self, peer: SocketAddr) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.sync.sync_with(peer).await {
+                debug!(%peer, error = %e, "sync with member failed");
+            }
+        });
     }
 
     async fn publish_meta(&mut self) {
@@ -370,16 +432,20 @@ mod tests {
     async fn mesh(id: &str, key: &ClusterKey, seeds: Vec<SocketAddr>) -> Mesh {
         let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
         // The gossip address must be known before binding: take a free port first.
-        let port = std::net::UdpSocket::bind(bind)
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free = || {
+            std::net::UdpSocket::bind(bind)
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, sync_port) = (free(), free());
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         Mesh::start(MeshConfig {
             me: NodeIdentity {
                 id: id.into(),
                 gossip: addr,
+                sync_port,
                 public: None,
                 incarnation: 1,
                 bump: 0,
@@ -391,6 +457,7 @@ mod tests {
                 draining: false,
             },
             bind: addr,
+            sync_interval: Duration::from_millis(300),
             seeds,
             keyring: Keyring::new(vec![key.clone()]).unwrap(),
             membership: fast(),

@@ -27,6 +27,8 @@ use crate::state::{ClusterState, NodeId, Update};
 pub struct NodeIdentity {
     pub id: NodeId,
     pub gossip: SocketAddr,
+    /// UDP port of the QUIC sync endpoint, on the gossip address's IP.
+    pub sync_port: u16,
     /// The address clients reach (what the DNS record holds), when known.
     pub public: Option<IpAddr>,
     pub incarnation: u64,
@@ -42,10 +44,17 @@ impl NodeIdentity {
         NodeIdentity {
             id: String::new(),
             gossip,
+            sync_port: 0,
             public: None,
             incarnation: 0,
             bump: 0,
         }
+    }
+}
+
+impl NodeIdentity {
+    pub fn sync_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.gossip.ip(), self.sync_port)
     }
 }
 

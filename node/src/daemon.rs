@@ -58,6 +58,7 @@ pub struct Daemon {
     mesh: Mutex<Option<Mesh>>,
     gossip_packets: Family<PacketLabel, Counter>,
     gossip_members: prometheus_client::metrics::gauge::Gauge,
+    sync_rounds: Family<PacketLabel, Counter>,
     current: tokio::sync::Mutex<(Config, u64)>,
     state: Mutex<ConfigState>,
     reloads: Family<ReloadLabel, Counter>,
@@ -96,6 +97,7 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
     let me = NodeIdentity {
         id: g.node_id.clone(),
         gossip: g.advertise,
+        sync_port: g.sync_port,
         public: g.public_ip,
         incarnation: started,
         bump: 0,
@@ -109,6 +111,7 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
             draining: false,
         },
         bind: g.bind,
+        sync_interval: g.sync_interval,
         seeds: g.seeds.clone(),
         keyring: Keyring::new(keys)?,
         membership,
@@ -191,6 +194,12 @@ impl Daemon {
             "Gossip datagrams, by result",
             gossip_packets.clone(),
         );
+        let sync_rounds = Family::<PacketLabel, Counter>::default();
+        registry.register(
+            "edgemesh_sync_rounds",
+            "Anti-entropy rounds over QUIC, by result",
+            sync_rounds.clone(),
+        );
         registry.register(
             "edgemesh_gossip_members",
             "Other members this node sees alive",
@@ -201,6 +210,7 @@ impl Daemon {
             mesh: Mutex::new(mesh),
             gossip_packets,
             gossip_members,
+            sync_rounds,
             state: Mutex::new(ConfigState {
                 file: path.to_path_buf(),
                 generation: 1,
@@ -316,15 +326,26 @@ impl Daemon {
     pub fn metrics_text(&self) -> String {
         if let Some(m) = self.mesh_status() {
             // The driver keeps its own atomics; bring the exported counters up to them.
-            for (result, now) in [
-                ("sent", m.packets_sent),
-                ("received", m.packets_received),
-                ("rejected_auth", m.packets_rejected_auth),
-                ("rejected_decode", m.packets_rejected_decode),
-            ] {
-                let c = self.gossip_packets.get_or_create(&PacketLabel { result });
-                c.inc_by(now.saturating_sub(c.get()));
-            }
+            let catch_up = |family: &Family<PacketLabel, Counter>,
+                            values: &[(&'static str, u64)]| {
+                for &(result, now) in values {
+                    let c = family.get_or_create(&PacketLabel { result });
+                    c.inc_by(now.saturating_sub(c.get()));
+                }
+            };
+            catch_up(
+                &self.gossip_packets,
+                &[
+                    ("sent", m.packets_sent),
+                    ("received", m.packets_received),
+                    ("rejected_auth", m.packets_rejected_auth),
+                    ("rejected_decode", m.packets_rejected_decode),
+                ],
+            );
+            catch_up(
+                &self.sync_rounds,
+                &[("ok", m.sync_rounds_ok), ("failed", m.sync_rounds_failed)],
+            );
             self.gossip_members.set(m.members.len() as i64);
         }
         let mut out = String::new();

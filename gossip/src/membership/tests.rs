@@ -98,6 +98,7 @@ impl Sim {
         let me = NodeIdentity {
             id: format!("n{i:03}"),
             gossip: addr(i),
+            sync_port: 7947,
             public: None,
             incarnation,
             bump: 0,

@@ -81,6 +81,9 @@ struct RawGossip {
     suspect_to_down_ms: Option<u64>,
     max_packet_size: Option<usize>,
     expected_cluster_size: Option<u32>,
+    /// UDP port of the QUIC sync endpoint (default: the gossip port + 1).
+    sync_port: Option<u16>,
+    sync_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -211,6 +214,8 @@ pub struct GossipConfig {
     pub suspect_to_down: Duration,
     pub max_packet_size: usize,
     pub expected_cluster_size: u32,
+    pub sync_port: u16,
+    pub sync_interval: Duration,
 }
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
@@ -584,7 +589,23 @@ fn gossip_config(
         suspect_to_down: ms(g.suspect_to_down_ms, lan.suspect_to_down),
         max_packet_size: g.max_packet_size.unwrap_or(lan.max_packet_size),
         expected_cluster_size: size,
+        sync_port: match g.sync_port {
+            Some(p) => p,
+            None => advertise.port().checked_add(1).ok_or_else(|| {
+                err(
+                    "gossip.sync_port",
+                    "the gossip port is 65535: set sync_port".into(),
+                )
+            })?,
+        },
+        sync_interval: Duration::from_secs(g.sync_interval_secs.unwrap_or(30).max(1)),
     };
+    if out.sync_port == advertise.port() {
+        return Err(err(
+            "gossip.sync_port",
+            "must differ from the gossip port".into(),
+        ));
+    }
     if out.probe_rtt >= out.probe_period {
         return Err(err(
             "gossip.probe_rtt_ms",

@@ -162,15 +162,16 @@ fn render(
     s
 }
 
-/// Starts a node: chooses free ports for `{http}`, `{https}`, `{tcp}`, `{tcp2}`, `{admin}` and
-/// `{gossip}`,
+/// Starts a node: chooses free ports for `{http}`, `{https}`, `{tcp}`, `{tcp2}`, `{admin}`,
+/// `{gossip}` and `{sync}`,
 /// writes the config, spawns the process and waits until the admin API answers.
 pub async fn node(template: &str, vars: &[(&str, String)]) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let ports: HashMap<&'static str, u16> = ["http", "https", "tcp", "tcp2", "admin", "gossip"]
-        .into_iter()
-        .map(|p| (p, free_port()))
-        .collect();
+    let ports: HashMap<&'static str, u16> =
+        ["http", "https", "tcp", "tcp2", "admin", "gossip", "sync"]
+            .into_iter()
+            .map(|p| (p, free_port()))
+            .collect();
     let config = dir.path().join("edgemesh.toml");
     std::fs::write(&config, render(template, dir.path(), &ports, vars)).unwrap();
     let mut n = Node {

@@ -13,6 +13,8 @@ drain_timeout_secs = 1
 
 [gossip]
 bind = "127.0.0.1:{gossip}"
+sync_port = {sync}
+sync_interval_secs = 1
 node_id = "{id}"
 seeds = [{seeds}]
 key_file = "{keyfile}"
@@ -147,6 +149,15 @@ async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (_, metrics) = harness::http_get(&nodes[0].admin(), "/metrics")
+        .await
+        .unwrap();
+    let ok_rounds = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgemesh_sync_rounds_total{result=\"ok\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(ok_rounds > 0, "no sync round on m0: {metrics}");
     let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "members"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("4 members (this node: m0)"), "{out}");
