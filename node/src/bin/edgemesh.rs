@@ -38,6 +38,11 @@ enum Command {
         tcp_port: u16,
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+        /// Nodes in the demo mesh (1: a single node, no gossip).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+        nodes: u16,
+        #[arg(long, default_value_t = 7946)]
+        gossip_port: u16,
     },
 }
 
@@ -67,6 +72,8 @@ fn main() -> ExitCode {
                 https_port,
                 tcp_port,
                 admin_port,
+                nodes,
+                gossip_port,
             }) => {
                 let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
                 demo::run(demo::DemoOptions {
@@ -75,6 +82,8 @@ fn main() -> ExitCode {
                     https_port,
                     tcp_port,
                     admin_port,
+                    nodes: nodes as usize,
+                    gossip_port,
                 })
                 .await
             }

@@ -180,7 +180,15 @@ fn print_members(m: &Mesh) {
     let mut rows = vec![row(&m.me, "alive (self)")];
     rows.extend(m.members.iter().map(|x| row(x, "alive")));
     table(
-        &["ID", "GOSSIP", "PUBLIC", "STATE", "INCARNATION", "AGE"],
+        &[
+            "ID",
+            "GOSSIP",
+            "PUBLIC",
+            "STATE",
+            "VERSION",
+            "INCARNATION",
+            "AGE",
+        ],
         rows,
     );
 }

@@ -161,7 +161,17 @@ async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
     let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "members"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("4 members (this node: m0)"), "{out}");
-    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    // Columns line up with their headers: m1's row has its version under VERSION.
+    let header = out.lines().find(|l| l.contains("INCARNATION")).unwrap();
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("m1 "))
+        .unwrap();
+    let col = header.find("VERSION").expect("a VERSION column");
+    assert!(
+        row[col..].starts_with(env!("CARGO_PKG_VERSION")),
+        "{header}\n{row}"
+    );
     for id in ["m1", "m2", "m4"] {
         assert!(out.contains(id), "{out}");
     }
