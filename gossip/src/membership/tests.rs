@@ -53,6 +53,9 @@ struct Sim {
     cfg: MembershipConfig,
     /// Down notifications about a node that was alive and reachable at the time.
     false_downs: usize,
+    /// SWIM payload bytes sent, all nodes together.
+    bytes_sent: u64,
+    datagrams_sent: u64,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -86,6 +89,8 @@ impl Sim {
             generation: vec![0; n],
             cfg,
             false_downs: 0,
+            bytes_sent: 0,
+            datagrams_sent: 0,
         };
         for i in 0..n {
             sim.start(i, 1);
@@ -122,6 +127,8 @@ impl Sim {
     fn effects(&mut self, from: usize, fx: Effects) {
         let generation = self.generation[from];
         for (to, data) in fx.send {
+            self.bytes_sent += data.len() as u64;
+            self.datagrams_sent += 1;
             let to = index(to.gossip);
             if self.group[from] != self.group[to] || self.rng.below(100) < self.loss_pct {
                 continue;
@@ -408,4 +415,62 @@ fn malformed_broadcast_items_are_refused() {
         "known: stop"
     );
     assert_eq!(state.lock().unwrap().get("k"), Some(&b"1"[..]));
+}
+
+/// Not a test: the gossip figures for BENCHMARKS.md (`bench/gossip.sh` runs it in release).
+#[test]
+#[ignore]
+fn bench_report() {
+    // Envelope (8) + length prefix of the bytes (up to 3) + seal (nonce 24, tag 16).
+    const WIRE_OVERHEAD: u64 = 8 + 3 + 24 + 16;
+    println!(
+        "| nodes | detection p50 | detection p99 | change reaches all | bytes/s per node at rest |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [10usize, 50, 100, 200] {
+        let mut sim = Sim::new(n, 42);
+        sim.run_until_converged(120_000);
+        let (b0, d0, t0) = (sim.bytes_sent, sim.datagrams_sent, sim.now);
+        sim.run(60_000);
+        let secs = (sim.now - t0) as f64 / 1000.0;
+        let wire = (sim.bytes_sent - b0) + (sim.datagrams_sent - d0) * WIRE_OVERHEAD;
+        let rest = wire as f64 / secs / n as f64;
+        let reach = spread(&mut sim, 1, "bench/key", 60_000);
+        let crashed_at = sim.now;
+        sim.crash(n - 1);
+        sim.run_until_converged(120_000);
+        let victim = format!("n{:03}", n - 1);
+        let detect: Vec<u64> = sim
+            .alive()
+            .into_iter()
+            .filter_map(|i| {
+                let node = sim.nodes[i].as_ref().unwrap();
+                node.downs
+                    .iter()
+                    .find(|(id, _)| *id == victim)
+                    .map(|(_, t)| t - crashed_at)
+            })
+            .collect();
+        println!(
+            "| {n} | {:.1} s | {:.1} s | {:.2} s | {:.0} B/s |",
+            percentile(detect.clone(), 50) as f64 / 1000.0,
+            percentile(detect, 99) as f64 / 1000.0,
+            reach as f64 / 1000.0,
+            rest
+        );
+    }
+    println!();
+    println!("| loss | false \"down\" notifications (50 nodes, 4 runs x 120 s) |");
+    println!("|---:|---:|");
+    for loss in [10u64, 20] {
+        let mut total = 0;
+        for seed in 1..=4 {
+            let mut sim = Sim::new(50, seed);
+            sim.run_until_converged(30_000);
+            sim.loss_pct = loss;
+            sim.run(120_000);
+            total += sim.false_downs;
+        }
+        println!("| {loss}% | {total} |");
+    }
 }
