@@ -4,7 +4,7 @@
 //!
 //! Datagram kinds: 1 = SWIM (foca's own bytes inside the envelope).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,13 +16,18 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::election::{Election, ElectionConfig, ElectionMsg, Outbox, Role};
 use crate::envelope;
 use crate::keyring::Keyring;
 use crate::membership::{Effects, Membership, MembershipConfig, NodeIdentity};
 use crate::state::ClusterState;
 use crate::sync::SyncEndpoint;
+use crate::voters::{self, VoterChange};
 
 const KIND_SWIM: u8 = 1;
+const KIND_ELECTION: u8 = 6;
+const ELECTION_TICK: Duration = Duration::from_millis(50);
+pub const LEADER_KEY: &str = "cluster/leader";
 /// Authenticated data bound into every seal: a packet for another protocol never opens here.
 const AAD: &[u8] = b"edgemesh-gossip-v1";
 const MAX_DATAGRAM: usize = 64 * 1024;
@@ -48,6 +53,11 @@ pub struct MeshConfig {
     pub bind: SocketAddr,
     /// A sync round with a random member this often (and one with every member that joins).
     pub sync_interval: Duration,
+    pub election: ElectionConfig,
+    /// Members that must be seen before the first voter set is written (see [`crate::voters`]).
+    pub bootstrap_expect: usize,
+    /// A voter down this long is removed from the set by the acting leader.
+    pub reap_after: Duration,
     pub seeds: Vec<SocketAddr>,
     pub keyring: Keyring,
     pub membership: MembershipConfig,
@@ -83,6 +93,7 @@ pub struct MeshStatus {
     pub joined: bool,
     /// Entries in the replicated state (tombstones included).
     pub state_entries: usize,
+    pub election: ElectionStatus,
     pub sync_rounds_ok: u64,
     pub sync_rounds_failed: u64,
     pub sync_updates_applied: u64,
@@ -92,7 +103,19 @@ pub struct MeshStatus {
     pub packets_rejected_decode: u64,
 }
 
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ElectionStatus {
+    pub role: Option<Role>,
+    pub term: u64,
+    pub leader: Option<String>,
+    /// This node is the leader and holds a quorum lease: it may act (ACME, DNS).
+    pub acting: bool,
+    pub voters: Vec<String>,
+    pub leader_changes: u64,
+}
+
 struct Shared {
+    election: Mutex<ElectionStatus>,
     counters: Counters,
     sync: SyncEndpoint,
     state: Arc<Mutex<ClusterState>>,
@@ -121,6 +144,7 @@ impl Mesh {
             state.clone(),
         )?;
         let shared = Arc::new(Shared {
+            election: Mutex::new(ElectionStatus::default()),
             counters: Counters::default(),
             sync,
             state: state.clone(),
@@ -135,7 +159,18 @@ impl Mesh {
         let (stop, stopped) = oneshot::channel();
         let meta = bincode::serde::encode_to_vec(&cfg.meta, bincode::config::standard())
             .map_err(std::io::Error::other)?;
+        let epoch = Instant::now();
+        let mut election = Election::new(cfg.me.id.clone(), cfg.election, 0);
+        election.seed(seed, 0);
+        // No voter set yet: nobody stands until one is bootstrapped.
+        election.set_voters(BTreeSet::new());
         let driver = Driver {
+            election,
+            epoch,
+            bootstrap_expect: cfg.bootstrap_expect,
+            reap_after: cfg.reap_after,
+            down_since: BTreeMap::new(),
+            acting_term: None,
             meta,
             socket,
             keyring,
@@ -192,6 +227,7 @@ impl Mesh {
         let sc = &self.shared.sync.counters;
         MeshStatus {
             state_entries,
+            election: self.shared.election.lock().expect("election lock").clone(),
             sync_rounds_ok: sc.rounds_ok.load(Ordering::Relaxed),
             sync_rounds_failed: sc.rounds_failed.load(Ordering::Relaxed),
             sync_updates_applied: sc.updates_applied.load(Ordering::Relaxed),
@@ -218,6 +254,15 @@ impl Mesh {
 }
 
 struct Driver {
+    election: Election,
+    /// Origin of the election's millisecond clock.
+    epoch: Instant,
+    bootstrap_expect: usize,
+    reap_after: Duration,
+    /// Members currently down, since when (for reaping voters).
+    down_since: BTreeMap<String, Instant>,
+    /// The term this node last announced itself as acting leader in.
+    acting_term: Option<u64>,
     sync_interval: Duration,
     sync_round: usize,
     /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
@@ -238,6 +283,8 @@ impl Driver {
         self.publish_meta().await;
         // Join: retry the seeds with back-off until someone answers; meanwhile the node serves
         // with its own state.
+        let mut election_tick = tokio::time::interval(ELECTION_TICK);
+        election_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sync_tick = tokio::time::interval(self.sync_interval);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut join_backoff = Duration::from_millis(500);
@@ -275,6 +322,7 @@ impl Driver {
                         self.effects(fx).await;
                     }
                 }
+                _ = election_tick.tick() => self.election_tick().await,
                 _ = sync_tick.tick() => {
                     let peer = {
                         let members = self.shared.members.lock().expect("members lock");
@@ -314,6 +362,20 @@ impl Driver {
             debug!(%from, "gossip packet failed authentication");
             return;
         };
+        if envelope::peek_kind(&plain, MAX_DATAGRAM) == Ok(KIND_ELECTION) {
+            match envelope::decode::<(String, ElectionMsg)>(&plain, KIND_ELECTION, MAX_DATAGRAM) {
+                Ok((peer, msg)) => {
+                    let now = self.now_ms();
+                    let out = self.election.handle(&peer, msg, now);
+                    self.send_election(out).await;
+                }
+                Err(e) => {
+                    c.rejected_decode.fetch_add(1, Ordering::Relaxed);
+                    warn!(%from, error = %e, "election message rejected");
+                }
+            }
+            return;
+        }
         let payload: Vec<u8> = match envelope::decode(&plain, KIND_SWIM, MAX_DATAGRAM) {
             Ok(p) => p,
             Err(e) => {
@@ -350,6 +412,7 @@ impl Driver {
             for id in fx.down {
                 info!(member = %id.id, addr = %id.gossip, "member down");
                 members.remove(&id.gossip);
+                self.down_since.entry(id.id.clone()).or_insert(now);
             }
             for (old, new) in fx.renamed {
                 members.remove(&old.gossip);
@@ -358,6 +421,7 @@ impl Driver {
             let mut new = Vec::new();
             for id in fx.up {
                 info!(member = %id.id, addr = %id.gossip, "member up");
+                self.down_since.remove(&id.id);
                 new.push(id.sync_addr());
                 members.insert(id.gossip, (id, now));
             }
@@ -371,6 +435,124 @@ impl Driver {
         if someone_new {
             // Broadcasts are not replayed to late joiners: tell them about ourselves again.
             Box::pin(self.publish_meta()).await;
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn election_tick(&mut self) {
+        let now = self.now_ms();
+        let me = self.shared.me.id.clone();
+        let (alive, voters) = {
+            let members = self.shared.members.lock().expect("members lock");
+            let mut alive: BTreeSet<String> =
+                members.values().map(|(id, _)| id.id.clone()).collect();
+            alive.insert(me.clone());
+            (
+                alive,
+                voters::read(&self.shared.state.lock().expect("state lock")),
+            )
+        };
+        if let Some(v) = &voters {
+            self.election.set_voters(v.clone());
+        }
+        let out = self.election.tick(now);
+        self.send_election(out).await;
+        let acting = self.election.acting(now);
+
+        // Voter-set upkeep and the leader record: writes of the acting leader only (or the
+        // bootstrap write, before there is a set).
+        let down_for: BTreeMap<String, Duration> = self
+            .down_since
+            .iter()
+            .map(|(id, since)| (id.clone(), since.elapsed()))
+            .collect();
+        let change = voters::plan(
+            &me,
+            voters.as_ref(),
+            &alive,
+            &down_for,
+            acting.is_some(),
+            self.bootstrap_expect,
+            self.reap_after,
+        );
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut updates = Vec::new();
+        {
+            let mut state = self.shared.state.lock().expect("state lock");
+            match (change, acting) {
+                (Some(VoterChange::Bootstrap(set)), _) => {
+                    info!(voters = ?set, "bootstrapping the voter set");
+                    updates.push(state.set(voters::VOTERS_KEY, voters::encode(&set), wall));
+                }
+                (Some(VoterChange::Update(set)), Some(term)) => {
+                    info!(voters = ?set, term, "voter set changed");
+                    updates.extend(
+                        state
+                            .set_as_leader(voters::VOTERS_KEY, voters::encode(&set), term, wall)
+                            .ok(),
+                    );
+                }
+                _ => {}
+            }
+            if let Some(term) = acting.filter(|t| Some(*t) != self.acting_term) {
+                info!(term, "acting as leader");
+                self.acting_term = Some(term);
+                updates.extend(
+                    state
+                        .set_as_leader(LEADER_KEY, me.clone().into_bytes(), term, wall)
+                        .ok(),
+                );
+            }
+        }
+        for u in updates {
+            let fx = self.swim.publish(&u);
+            self.effects(fx).await;
+        }
+
+        let mut view = self.shared.election.lock().expect("election lock");
+        let leader = self.election.leader().cloned();
+        if leader.is_some() && leader != view.leader {
+            view.leader_changes += 1;
+        }
+        *view = ElectionStatus {
+            role: Some(self.election.role()),
+            term: self.election.term(),
+            leader,
+            acting: acting.is_some(),
+            voters: voters.map(|v| v.into_iter().collect()).unwrap_or_default(),
+            leader_changes: view.leader_changes,
+        };
+    }
+
+    async fn send_election(&self, out: Outbox) {
+        if out.is_empty() {
+            return;
+        }
+        let addrs: BTreeMap<String, SocketAddr> = self
+            .shared
+            .members
+            .lock()
+            .expect("members lock")
+            .values()
+            .map(|(id, _)| (id.id.clone(), id.gossip))
+            .collect();
+        for (to, msg) in out {
+            let Some(addr) = addrs.get(&to) else {
+                continue; // not reachable now; the election retries on its own
+            };
+            let payload = (self.shared.me.id.clone(), msg);
+            let Ok(wire) = envelope::encode(KIND_ELECTION, &payload, MAX_DATAGRAM) else {
+                continue;
+            };
+            let sealed = self.keyring.seal(&wire, AAD);
+            if self.socket.send_to(&sealed, addr).await.is_ok() {
+                self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -458,6 +640,9 @@ mod tests {
             },
             bind: addr,
             sync_interval: Duration::from_millis(300),
+            election: ElectionConfig::default(),
+            bootstrap_expect: 3,
+            reap_after: Duration::from_secs(600),
             seeds,
             keyring: Keyring::new(vec![key.clone()]).unwrap(),
             membership: fast(),
@@ -505,5 +690,67 @@ mod tests {
 
         c.leave().await;
         wait("c gone", || ids(&a) == ["b"] && ids(&b) == ["a"]).await;
+    }
+
+    fn acting(ms: &[&Mesh]) -> Vec<String> {
+        ms.iter()
+            .filter(|m| m.status().election.acting)
+            .map(|m| m.status().me.id)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_acting_leader_voters_follow_members_and_failover() {
+        let key = ClusterKey::generate();
+        let a = mesh("a", &key, vec![]).await;
+        let b = mesh("b", &key, vec![a.local_addr]).await;
+        // Two members are below bootstrap_expect (3): nobody stands.
+        wait("a and b meet", || a.status().members.len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert!(acting(&[&a, &b]).is_empty());
+        assert!(a.status().election.voters.is_empty());
+
+        let c = mesh("c", &key, vec![a.local_addr]).await;
+        wait("a leader acts", || acting(&[&a, &b, &c]).len() == 1).await;
+        let leader = acting(&[&a, &b, &c]).remove(0);
+        for m in [&a, &b, &c] {
+            wait("everyone knows the leader", || {
+                m.status().election.leader.as_deref() == Some(leader.as_str())
+            })
+            .await;
+            assert_eq!(m.status().election.voters, ["a", "b", "c"]);
+        }
+        // The acting leader announced itself in the state, under its term.
+        let term = a.status().election.term;
+        wait("leader record", || {
+            let state = a.state();
+            let st = state.lock().unwrap();
+            let found = st
+                .current_term("cluster/leader")
+                .any(|(_, v)| v == leader.as_bytes());
+            found
+        })
+        .await;
+
+        // A fourth member becomes a voter through the leader.
+        let d = mesh("d", &key, vec![a.local_addr]).await;
+        wait("d votes", || {
+            [&a, &b, &c, &d]
+                .iter()
+                .all(|m| m.status().election.voters.len() == 4)
+        })
+        .await;
+
+        // The leader leaves: the other three are a majority of four and take over.
+        let mut all = vec![a, b, c, d];
+        let i = all.iter().position(|m| m.status().me.id == leader).unwrap();
+        all.remove(i).leave().await;
+        let rest: Vec<&Mesh> = all.iter().collect();
+        wait("new leader acts", || {
+            let now = acting(&rest);
+            now.len() == 1 && now[0] != leader
+        })
+        .await;
+        assert!(rest.iter().all(|m| m.status().election.term > term));
     }
 }

@@ -24,7 +24,9 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError, GossipConfig};
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
-use edgemesh_gossip::{ClusterKey, Keyring, Mesh, MeshConfig, MeshStatus, NodeMeta};
+use edgemesh_gossip::{
+    ClusterKey, ElectionConfig, Keyring, Mesh, MeshConfig, MeshStatus, NodeMeta,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -112,6 +114,14 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
         },
         bind: g.bind,
         sync_interval: g.sync_interval,
+        election: ElectionConfig {
+            heartbeat_ms: g.heartbeat.as_millis() as u64,
+            election_timeout_min_ms: g.election_timeout.as_millis() as u64,
+            lease_ms: g.lease.as_millis() as u64,
+            settle_ms: g.settle.as_millis() as u64,
+        },
+        bootstrap_expect: g.bootstrap_expect,
+        reap_after: g.reap_after,
         seeds: g.seeds.clone(),
         keyring: Keyring::new(keys)?,
         membership,

@@ -105,6 +105,7 @@ probe_period_ms = 500
 probe_rtt_ms = 250
 suspect_to_down_ms = 2000
 expected_cluster_size = {n}
+bootstrap_expect = {n}
 "#,
             sync = gossip + 1,
             id = k + 1,
@@ -289,6 +290,8 @@ Edit {config} and save: the node reloads it in place. Ctrl-C drains and stops.
     println!(
         r#"  Who is in the mesh (and what each node published about itself):
     cargo run -q -p edgemesh-node --bin meshctl -- --addr {admin} members
+  The leader (the one that will run ACME and DNS), its term and the voters:
+    cargo run -q -p edgemesh-node --bin meshctl -- --addr {admin} leader
   Kill a node without warning and watch the others notice (a few seconds):
     kill -9 {pid}; sleep 4; cargo run -q -p edgemesh-node --bin meshctl -- --addr {admin} members
 "#,

@@ -45,6 +45,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The mesh's leader as this node sees it: leader, term, this node's role, the voters.
+    Leader,
     /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
     Keygen,
 }
@@ -128,11 +130,21 @@ struct Cert {
 #[derive(Deserialize)]
 struct Mesh {
     me: Member,
+    election: Election,
     members: Vec<Member>,
     packets_sent: u64,
     packets_received: u64,
     packets_rejected_auth: u64,
     packets_rejected_decode: u64,
+}
+
+#[derive(Deserialize)]
+struct Election {
+    role: Option<String>,
+    term: u64,
+    leader: Option<String>,
+    acting: bool,
+    voters: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -177,8 +189,16 @@ fn print_members(m: &Mesh) {
             format!("{}s", x.age_secs),
         ]
     };
-    let mut rows = vec![row(&m.me, "alive (self)")];
-    rows.extend(m.members.iter().map(|x| row(x, "alive")));
+    let role = |id: &str| match &m.election.leader {
+        Some(l) if l == id => ", leader",
+        _ => "",
+    };
+    let mut rows = vec![row(&m.me, &format!("alive (self){}", role(&m.me.id)))];
+    rows.extend(
+        m.members
+            .iter()
+            .map(|x| row(x, &format!("alive{}", role(&x.id)))),
+    );
     table(
         &[
             "ID",
@@ -235,6 +255,42 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 .map_err(|e| format!("unexpected members answer from {}: {e}", cli.addr))?;
             print_members(&m);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Leader => {
+            let (code, body) = request(&cli.addr, "GET", "/members").await?;
+            if code != 200 {
+                print!("{body}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let m: Mesh = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected members answer from {}: {e}", cli.addr))?;
+            let e = &m.election;
+            match &e.leader {
+                Some(l) => println!(
+                    "leader {l}, term {}{}",
+                    e.term,
+                    if e.acting { " (this node, acting)" } else { "" }
+                ),
+                None => println!("no leader known (term {})", e.term),
+            }
+            println!(
+                "this node: {} ({})",
+                m.me.id,
+                e.role.as_deref().unwrap_or("?")
+            );
+            println!(
+                "voters: {}",
+                if e.voters.is_empty() {
+                    "none yet (waiting for gossip.bootstrap_expect members)".to_string()
+                } else {
+                    e.voters.join(", ")
+                }
+            );
+            Ok(if e.leader.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Keygen => {
             println!("{}", edgemesh_gossip::ClusterKey::generate().to_base64());

@@ -84,6 +84,12 @@ struct RawGossip {
     /// UDP port of the QUIC sync endpoint (default: the gossip port + 1).
     sync_port: Option<u16>,
     sync_interval_secs: Option<u64>,
+    bootstrap_expect: Option<usize>,
+    heartbeat_ms: Option<u64>,
+    lease_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    settle_ms: Option<u64>,
+    reap_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -216,6 +222,12 @@ pub struct GossipConfig {
     pub expected_cluster_size: u32,
     pub sync_port: u16,
     pub sync_interval: Duration,
+    pub bootstrap_expect: usize,
+    pub heartbeat: Duration,
+    pub lease: Duration,
+    pub election_timeout: Duration,
+    pub settle: Duration,
+    pub reap_after: Duration,
 }
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
@@ -599,7 +611,23 @@ fn gossip_config(
             })?,
         },
         sync_interval: Duration::from_secs(g.sync_interval_secs.unwrap_or(30).max(1)),
+        bootstrap_expect: g.bootstrap_expect.unwrap_or(3),
+        heartbeat: Duration::from_millis(g.heartbeat_ms.unwrap_or(200)),
+        lease: Duration::from_millis(g.lease_ms.unwrap_or(1_000)),
+        election_timeout: Duration::from_millis(g.election_timeout_ms.unwrap_or(1_500)),
+        settle: Duration::from_millis(g.settle_ms.unwrap_or(500)),
+        reap_after: Duration::from_secs(g.reap_after_secs.unwrap_or(600)),
     };
+    if out.bootstrap_expect == 0 {
+        return Err(err("gossip.bootstrap_expect", "must be at least 1".into()));
+    }
+    // The safety of the leader lease rests on this ordering (see the gossip crate's election).
+    if !(out.heartbeat < out.lease && out.lease < out.election_timeout) {
+        return Err(err(
+            "gossip.lease_ms",
+            "need heartbeat_ms < lease_ms < election_timeout_ms".into(),
+        ));
+    }
     if out.sync_port == advertise.port() {
         return Err(err(
             "gossip.sync_port",

@@ -252,6 +252,8 @@ fn gossip_errors_name_the_key_or_variable() {
         ),
         ("key_file = \"/nonexistent/key\"\n", "gossip"),
         ("indirect_probes = 0\n", "gossip.indirect_probes"),
+        ("lease_ms = 2000\n", "gossip.lease_ms"),
+        ("bootstrap_expect = 0\n", "gossip.bootstrap_expect"),
     ];
     for (extra, expected) in cases {
         let src = gossip_src(extra);

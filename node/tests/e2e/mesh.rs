@@ -22,6 +22,7 @@ probe_period_ms = 200
 probe_rtt_ms = 100
 suspect_to_down_ms = 1000
 expected_cluster_size = 6
+bootstrap_expect = 3
 "#;
 
 async fn member(id: &str, seeds: &str, keyfile: &std::path::Path) -> Node {
@@ -48,6 +49,40 @@ async fn member_ids(n: &Node) -> Vec<String> {
         .collect()
 }
 
+struct Named {
+    id: String,
+    node: Node,
+}
+
+/// Waits until exactly one node acts as leader (other than `not`), every node names it, and
+/// returns its id.
+async fn wait_one_leader(nodes: &[Named], not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut acting = Vec::new();
+        let mut named = Vec::new();
+        for n in nodes {
+            let s = n.node.status().await;
+            if s["mesh"]["election"]["acting"] == true {
+                acting.push(n.id.clone());
+            }
+            named.push(s["mesh"]["election"]["leader"].as_str().map(str::to_string));
+        }
+        assert!(acting.len() <= 1, "two acting leaders: {acting:?}");
+        if let [one] = acting.as_slice() {
+            if Some(one.as_str()) != not && named.iter().all(|l| l.as_deref() == Some(one.as_str()))
+            {
+                return one.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single acting leader: acting {acting:?}, named {named:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_views(nodes: &[&Node], expected: usize, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
@@ -67,7 +102,7 @@ async fn wait_views(nodes: &[&Node], expected: usize, within: Duration) -> Durat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
+async fn six_processes_elect_fail_over_detect_a_kill_and_refuse_a_stranger() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("cluster.key");
     let wrong = dir.path().join("wrong.key");
@@ -80,25 +115,61 @@ async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
 
     let first = member("m0", "", &key).await;
     let seed = format!("\"127.0.0.1:{}\"", first.port("gossip"));
-    let mut nodes = vec![first];
-    for i in 1..5 {
-        nodes.push(member(&format!("m{i}"), &seed, &key).await);
+    let mut nodes = vec![Named {
+        id: "m0".into(),
+        node: first,
+    }];
+    for i in 1..6 {
+        let id = format!("m{i}");
+        nodes.push(Named {
+            node: member(&id, &seed, &key).await,
+            id,
+        });
     }
-    let all: Vec<&Node> = nodes.iter().collect();
-    let took = wait_views(&all, 4, Duration::from_secs(20)).await;
-    eprintln!("5 processes converged in {took:?}");
-    assert_eq!(member_ids(&nodes[2]).await, ["m0", "m1", "m3", "m4"]);
+    let all: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
+    let took = wait_views(&all, 5, Duration::from_secs(20)).await;
+    eprintln!("6 processes converged in {took:?}");
+    assert_eq!(
+        member_ids(&nodes[2].node).await,
+        ["m0", "m1", "m3", "m4", "m5"]
+    );
+
+    // One acting leader, known to everyone.
+    let leader = wait_one_leader(&nodes, None).await;
+    let (code, out, _) = run(meshctl, &["--addr", &nodes[0].node.admin(), "leader"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("leader {leader}, term ")), "{out}");
+
+    // kill -9 of the leader: the others elect a new one.
+    let index = nodes.iter().position(|n| n.id == leader).unwrap();
+    let mut dead = nodes.remove(index);
+    dead.node.child.kill().unwrap();
+    dead.node.child.wait().unwrap();
+    let started = Instant::now();
+    let next = wait_one_leader(&nodes, Some(&leader)).await;
+    eprintln!(
+        "after kill -9 of leader {leader}, {next} acts after {:?}",
+        started.elapsed()
+    );
+    let survivors: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
+    wait_views(&survivors, 4, Duration::from_secs(10)).await;
 
     // kill -9: no leave message, so the others must detect it.
-    let mut killed = nodes.remove(3);
+    let mut killed = nodes.remove(3).node;
     killed.child.kill().unwrap();
     killed.child.wait().unwrap();
-    let survivors: Vec<&Node> = nodes.iter().collect();
+    let survivors: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
     let detected = wait_views(&survivors, 3, Duration::from_secs(10)).await;
     eprintln!("kill -9 seen by all 4 survivors after {detected:?}");
 
     // A node with another key: it talks to two seeds, nobody ever lists it.
-    let seeds = format!("{seed}, \"127.0.0.1:{}\"", nodes[1].port("gossip"));
+    let nodes: Vec<Node> = nodes.into_iter().map(|n| n.node).collect();
+    // It knows two live members (not necessarily the first seed, which may be dead by now).
+    let seeds = format!(
+        "\"127.0.0.1:{}\", \"127.0.0.1:{}\"",
+        nodes[0].port("gossip"),
+        nodes[1].port("gossip")
+    );
     let stranger = member("intruder", &seeds, &wrong).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -108,7 +179,7 @@ async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
         }
         assert!(
             Instant::now() < deadline,
-            "no rejected packet counted on m0"
+            "no rejected packet counted on the stranger's seed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -160,19 +231,30 @@ async fn five_processes_converge_detect_a_kill_and_refuse_a_stranger() {
     assert!(ok_rounds > 0, "no sync round on m0: {metrics}");
     let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "members"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("4 members (this node: m0)"), "{out}");
-    // Columns line up with their headers: m1's row has its version under VERSION.
+    let (_, body) = harness::http_get(&nodes[0].admin(), "/members")
+        .await
+        .unwrap();
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let me = me["me"]["id"].as_str().unwrap().to_string();
+    assert!(
+        out.starts_with(&format!("4 members (this node: {me})")),
+        "{out}"
+    );
+    // Columns line up with their headers: a row has its version under VERSION.
     let header = out.lines().find(|l| l.contains("INCARNATION")).unwrap();
     let row = out
         .lines()
-        .find(|l| l.trim_start().starts_with("m1 "))
+        .find(|l| l.trim_start().starts_with(&format!("{me} ")))
         .unwrap();
     let col = header.find("VERSION").expect("a VERSION column");
     assert!(
         row[col..].starts_with(env!("CARGO_PKG_VERSION")),
         "{header}\n{row}"
     );
-    for id in ["m1", "m2", "m4"] {
-        assert!(out.contains(id), "{out}");
+    for n in &nodes[1..] {
+        let (_, body) = harness::http_get(&n.admin(), "/members").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = v["me"]["id"].as_str().unwrap().to_string();
+        assert!(out.contains(&id), "{out}");
     }
 }
