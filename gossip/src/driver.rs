@@ -27,6 +27,9 @@ use crate::voters::{self, VoterChange};
 const KIND_SWIM: u8 = 1;
 const KIND_ELECTION: u8 = 6;
 const ELECTION_TICK: Duration = Duration::from_millis(50);
+/// Tombstones older than this are dropped. A node away for longer must not sync old state back
+/// in; it comes back with a new incarnation and an empty state (see `state`).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const LEADER_KEY: &str = "cluster/leader";
 /// Authenticated data bound into every seal: a packet for another protocol never opens here.
 const AAD: &[u8] = b"edgemesh-gossip-v1";
@@ -91,6 +94,8 @@ pub struct MeshStatus {
     pub me: MemberStatus,
     pub members: Vec<MemberStatus>,
     pub joined: bool,
+    /// Members seen going down and not back up since.
+    pub down: Vec<String>,
     /// Entries in the replicated state (tombstones included).
     pub state_entries: usize,
     pub election: ElectionStatus,
@@ -116,6 +121,7 @@ pub struct ElectionStatus {
 
 struct Shared {
     election: Mutex<ElectionStatus>,
+    down: Mutex<Vec<String>>,
     counters: Counters,
     sync: SyncEndpoint,
     state: Arc<Mutex<ClusterState>>,
@@ -145,6 +151,7 @@ impl Mesh {
         )?;
         let shared = Arc::new(Shared {
             election: Mutex::new(ElectionStatus::default()),
+            down: Mutex::new(Vec::new()),
             counters: Counters::default(),
             sync,
             state: state.clone(),
@@ -233,6 +240,7 @@ impl Mesh {
             sync_updates_applied: sc.updates_applied.load(Ordering::Relaxed),
             me: view(&self.shared.me, self.shared.started),
             joined: !members.is_empty(),
+            down: self.shared.down.lock().expect("down lock").clone(),
             members,
             packets_sent: c.sent.load(Ordering::Relaxed),
             packets_received: c.received.load(Ordering::Relaxed),
@@ -285,6 +293,8 @@ impl Driver {
         // with its own state.
         let mut election_tick = tokio::time::interval(ELECTION_TICK);
         election_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gc_tick = tokio::time::interval(Duration::from_secs(600));
+        gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sync_tick = tokio::time::interval(self.sync_interval);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut join_backoff = Duration::from_millis(500);
@@ -323,6 +333,16 @@ impl Driver {
                     }
                 }
                 _ = election_tick.tick() => self.election_tick().await,
+                _ = gc_tick.tick() => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let ttl = TOMBSTONE_TTL.as_millis() as u64;
+                    let dropped = self.shared.state.lock().expect("state lock").gc(now, ttl);
+                    if dropped > 0 {
+                        debug!(dropped, "tombstones collected");
+                    }
+                }
                 _ = sync_tick.tick() => {
                     let peer = {
                         let members = self.shared.members.lock().expect("members lock");
@@ -427,6 +447,7 @@ impl Driver {
             }
             new
         };
+        *self.shared.down.lock().expect("down lock") = self.down_since.keys().cloned().collect();
         // A member that just came up may have missed anything: sync with it at once.
         for peer in &someone_new {
             self.spawn_sync(*peer);

@@ -59,8 +59,9 @@ pub struct Daemon {
     /// The mesh, when `[gossip]` is configured; taken out to leave at shutdown.
     mesh: Mutex<Option<Mesh>>,
     gossip_packets: Family<PacketLabel, Counter>,
-    gossip_members: prometheus_client::metrics::gauge::Gauge,
+    gossip_members: Family<MemberLabel, prometheus_client::metrics::gauge::Gauge>,
     sync_rounds: Family<PacketLabel, Counter>,
+    leader_changes: Counter,
     current: tokio::sync::Mutex<(Config, u64)>,
     state: Mutex<ConfigState>,
     reloads: Family<ReloadLabel, Counter>,
@@ -71,6 +72,11 @@ pub struct Daemon {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ReloadLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct MemberLabel {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -198,11 +204,18 @@ impl Daemon {
             None => None,
         };
         let gossip_packets = Family::<PacketLabel, Counter>::default();
-        let gossip_members = prometheus_client::metrics::gauge::Gauge::default();
+        let gossip_members =
+            Family::<MemberLabel, prometheus_client::metrics::gauge::Gauge>::default();
         registry.register(
             "edgemesh_gossip_packets",
             "Gossip datagrams, by result",
             gossip_packets.clone(),
+        );
+        let leader_changes = Counter::default();
+        registry.register(
+            "edgemesh_leader_changes",
+            "Times this node saw the leader change",
+            leader_changes.clone(),
         );
         let sync_rounds = Family::<PacketLabel, Counter>::default();
         registry.register(
@@ -212,7 +225,7 @@ impl Daemon {
         );
         registry.register(
             "edgemesh_gossip_members",
-            "Other members this node sees alive",
+            "Other members this node sees, by state",
             gossip_members.clone(),
         );
         let daemon = Arc::new(Daemon {
@@ -221,6 +234,7 @@ impl Daemon {
             gossip_packets,
             gossip_members,
             sync_rounds,
+            leader_changes,
             state: Mutex::new(ConfigState {
                 file: path.to_path_buf(),
                 generation: 1,
@@ -356,7 +370,15 @@ impl Daemon {
                 &self.sync_rounds,
                 &[("ok", m.sync_rounds_ok), ("failed", m.sync_rounds_failed)],
             );
-            self.gossip_members.set(m.members.len() as i64);
+            let members = |state: &'static str, n: usize| {
+                self.gossip_members
+                    .get_or_create(&MemberLabel { state })
+                    .set(n as i64);
+            };
+            members("alive", m.members.len());
+            members("down", m.down.len());
+            let c = &self.leader_changes;
+            c.inc_by(m.election.leader_changes.saturating_sub(c.get()));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -54,6 +54,7 @@ enum Command {
 #[derive(Deserialize)]
 struct Status {
     version: String,
+    mesh: Option<Mesh>,
     config: ConfigState,
     listeners: Vec<Listener>,
     routes: Vec<Route>,
@@ -131,6 +132,9 @@ struct Cert {
 struct Mesh {
     me: Member,
     election: Election,
+    down: Vec<String>,
+    sync_rounds_ok: u64,
+    sync_rounds_failed: u64,
     members: Vec<Member>,
     packets_sent: u64,
     packets_received: u64,
@@ -376,6 +380,18 @@ fn print_status(s: &Status) {
         s.active_connections,
         if s.draining { "  DRAINING" } else { "" }
     );
+    match &s.mesh {
+        Some(m) => println!(
+            "mesh: {} members alive, {} down; leader {} (term {}); sync rounds {} ok, {} failed",
+            m.members.len() + 1,
+            m.down.len(),
+            m.election.leader.as_deref().unwrap_or("none"),
+            m.election.term,
+            m.sync_rounds_ok,
+            m.sync_rounds_failed
+        ),
+        None => println!("mesh: none (single node)"),
+    }
     if let Some(r) = &s.config.last_reload {
         match (&r.ok, &r.error) {
             (true, _) => println!("last reload ({}): ok", r.trigger),

@@ -191,7 +191,18 @@ async fn six_processes_elect_fail_over_detect_a_kill_and_refuse_a_stranger() {
     let (_, metrics) = harness::http_get(&nodes[0].admin(), "/metrics")
         .await
         .unwrap();
-    assert!(metrics.contains("edgemesh_gossip_members 3"), "{metrics}");
+    assert!(
+        metrics.contains("edgemesh_gossip_members{state=\"alive\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgemesh_gossip_members{state=\"down\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgemesh_leader_changes_total"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("edgemesh_gossip_packets_total{result=\"rejected_auth\"}"),
         "{metrics}"
@@ -229,6 +240,12 @@ async fn six_processes_elect_fail_over_detect_a_kill_and_refuse_a_stranger() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(ok_rounds > 0, "no sync round on m0: {metrics}");
+    let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("mesh: 4 members alive, 2 down; leader "),
+        "{out}"
+    );
     let (code, out, err) = run(meshctl, &["--addr", &nodes[0].admin(), "members"]);
     assert_eq!(code, 0, "{err}");
     let (_, body) = harness::http_get(&nodes[0].admin(), "/members")
