@@ -130,9 +130,17 @@ struct Shared {
     started: Instant,
 }
 
+/// A leader write refused because this node is not the acting leader.
+#[derive(Debug, thiserror::Error)]
+#[error("not the acting leader (leader: {})", leader.as_deref().unwrap_or("none known"))]
+pub struct NotLeader {
+    pub leader: Option<String>,
+}
+
 /// A running mesh member. Dropping it without [`Mesh::leave`] just stops it.
 pub struct Mesh {
     shared: Arc<Shared>,
+    publish: tokio::sync::mpsc::UnboundedSender<crate::state::Update>,
     stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
     pub local_addr: SocketAddr,
 }
@@ -164,6 +172,7 @@ impl Mesh {
             .map_or(1, |d| d.as_nanos() as u64);
         let swim = Membership::with_state(cfg.me.clone(), &cfg.membership, seed, state);
         let (stop, stopped) = oneshot::channel();
+        let (publish, to_publish) = tokio::sync::mpsc::unbounded_channel();
         let meta = bincode::serde::encode_to_vec(&cfg.meta, bincode::config::standard())
             .map_err(std::io::Error::other)?;
         let epoch = Instant::now();
@@ -189,13 +198,40 @@ impl Mesh {
             shared: shared.clone(),
             seeds: cfg.seeds,
         };
-        tokio::spawn(driver.run(stopped));
+        tokio::spawn(driver.run(stopped, to_publish));
         info!(addr = %local_addr, id = %cfg.me.id, "gossip listening");
         Ok(Mesh {
             shared,
+            publish,
             stop: Some(stop),
             local_addr,
         })
+    }
+
+    /// Writes `key` as the acting leader, in its term, and disseminates it. Refused on any
+    /// other node: leader data has one writer.
+    pub fn publish_as_leader(&self, key: &str, value: Vec<u8>) -> Result<(), NotLeader> {
+        let view = self.shared.election.lock().expect("election lock").clone();
+        if !view.acting {
+            return Err(NotLeader {
+                leader: view.leader,
+            });
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let update = self
+            .shared
+            .state
+            .lock()
+            .expect("state lock")
+            .set_as_leader(key, value, view.term, now)
+            .map_err(|_| NotLeader {
+                leader: view.leader.clone(),
+            })?;
+        // The driver task owns the SWIM instance; it sends the update on its next turn.
+        let _ = self.publish.send(update);
+        Ok(())
     }
 
     /// The replicated state this member holds.
@@ -286,7 +322,11 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+    async fn run(
+        mut self,
+        mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+        mut to_publish: tokio::sync::mpsc::UnboundedReceiver<crate::state::Update>,
+    ) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         self.publish_meta().await;
         // Join: retry the seeds with back-off until someone answers; meanwhile the node serves
@@ -333,6 +373,10 @@ impl Driver {
                     }
                 }
                 _ = election_tick.tick() => self.election_tick().await,
+                Some(update) = to_publish.recv() => {
+                    let fx = self.swim.publish(&update);
+                    self.effects(fx).await;
+                }
                 _ = gc_tick.tick() => {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)

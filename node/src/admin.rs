@@ -12,7 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::daemon::Daemon;
+use http_body_util::BodyExt;
+
+use crate::daemon::{Daemon, PublishError};
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -39,7 +41,62 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     }
 }
 
+/// `PUT /pools/<name>` with a JSON list of `"ip:port"` or `"ip:port=weight"`.
+async fn put_pool(d: &Daemon, name: &str, req: Request<Incoming>) -> (StatusCode, String) {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body: {e}\n"),
+            )
+        }
+    };
+    let items: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected a JSON list of \"ip:port\" or \"ip:port=weight\": {e}\n"),
+            )
+        }
+    };
+    let mut endpoints = Vec::new();
+    for item in &items {
+        let (addr, weight) = item.split_once('=').unwrap_or((item, "1"));
+        match (addr.parse::<std::net::SocketAddr>(), weight.parse::<u32>()) {
+            (Ok(a), Ok(w)) if (1..=1000).contains(&w) => endpoints.push((a, w)),
+            _ => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("endpoint {item:?} is not ip:port[=weight 1..1000]\n"),
+                )
+            }
+        }
+    }
+    match d.publish_pool(name, &endpoints).await {
+        Ok(()) => (
+            StatusCode::OK,
+            format!("published pool {name}: {} endpoints\n", endpoints.len()),
+        ),
+        Err(e @ PublishError::UnknownPool(_)) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+        Err(e @ PublishError::NoMesh) => (StatusCode::CONFLICT, format!("{e}\n")),
+        Err(e @ PublishError::NotLeader(_)) => (StatusCode::CONFLICT, format!("{e}\n")),
+    }
+}
+
 async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::PUT {
+        if let Some(name) = req.uri().path().strip_prefix("/pools/").map(str::to_string) {
+            let (status, body) = put_pool(d, &name, req).await;
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            return r;
+        }
+    }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         (&Method::GET, "/status") => (
@@ -75,7 +132,7 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /healthz, /status, /members, /metrics or POST /reload\n".into(),
+            "try /healthz, /status, /members, /metrics, POST /reload or PUT /pools/<name>\n".into(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

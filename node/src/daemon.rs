@@ -6,6 +6,7 @@
 //! configuration keeps serving.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use edgemesh_proxy::{Metrics, Proxy, ProxySettings, Workers};
+use edgemesh_proxy::{EndpointSpec, Metrics, Proxy, ProxySettings, TableSpec, Workers};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -23,7 +24,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError, GossipConfig};
+use crate::projection;
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
+use edgemesh_gossip::ClusterState;
 use edgemesh_gossip::{
     ClusterKey, ElectionConfig, Keyring, Mesh, MeshConfig, MeshStatus, NodeMeta,
 };
@@ -35,6 +38,16 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("pool {0:?} is not in the configuration")]
+    UnknownPool(String),
+    #[error("this node runs alone: no [gossip] section")]
+    NoMesh,
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +71,10 @@ pub struct Daemon {
     proxy: Arc<Proxy>,
     /// The mesh, when `[gossip]` is configured; taken out to leave at shutdown.
     mesh: Mutex<Option<Mesh>>,
+    /// The mesh's replicated state, which the proxy's pools are projected from.
+    cluster_state: Option<Arc<Mutex<ClusterState>>>,
+    /// The published pools last applied to the proxy.
+    published: Mutex<BTreeMap<String, Vec<EndpointSpec>>>,
     gossip_packets: Family<PacketLabel, Counter>,
     gossip_members: Family<MemberLabel, prometheus_client::metrics::gauge::Gauge>,
     sync_rounds: Family<PacketLabel, Counter>,
@@ -228,8 +245,11 @@ impl Daemon {
             "Other members this node sees, by state",
             gossip_members.clone(),
         );
+        let cluster_state = mesh.as_ref().map(Mesh::state);
         let daemon = Arc::new(Daemon {
             proxy,
+            cluster_state,
+            published: Mutex::new(BTreeMap::new()),
             mesh: Mutex::new(mesh),
             gossip_packets,
             gossip_members,
@@ -310,14 +330,64 @@ impl Daemon {
         let old_status = self.proxy.certs().status();
         let old_default = old_status.iter().position(|c| c.default);
         self.proxy.certs().replace(certs, default);
-        self.proxy.apply(new.table.clone());
+        self.proxy.apply(self.table_for(&new));
         if let Err(e) = self.proxy.set_listeners(&new.listeners).await {
             // Put everything back: the old listeners are still running.
             self.proxy.certs().replace(old_certs, old_default);
-            self.proxy.apply(old.table.clone());
+            self.proxy.apply(self.table_for(old));
             return Err(e.to_string());
         }
         Ok(new)
+    }
+
+    /// The configured table with the pools published in the mesh overlaid.
+    fn table_for(&self, config: &Config) -> TableSpec {
+        projection::project(
+            &config.table,
+            &self.published.lock().expect("published lock"),
+        )
+    }
+
+    /// Applies pool changes published in the mesh, if any. Called every 250 ms.
+    async fn project_pools(&self) {
+        let Some(state) = &self.cluster_state else {
+            return;
+        };
+        let published = projection::published(&state.lock().expect("state lock"));
+        if *self.published.lock().expect("published lock") == published {
+            return;
+        }
+        info!(pools = ?published.keys().collect::<Vec<_>>(), "pools changed in the mesh");
+        *self.published.lock().expect("published lock") = published;
+        let current = self.current.lock().await;
+        self.proxy.apply(self.table_for(&current.0));
+    }
+
+    /// Publishes a pool's endpoints for the whole mesh. Only the acting leader may.
+    pub async fn publish_pool(
+        &self,
+        name: &str,
+        endpoints: &[(SocketAddr, u32)],
+    ) -> Result<(), PublishError> {
+        if !self
+            .current
+            .lock()
+            .await
+            .0
+            .table
+            .pools
+            .iter()
+            .any(|p| p.name == name)
+        {
+            return Err(PublishError::UnknownPool(name.to_string()));
+        }
+        let mesh = self.mesh.lock().expect("mesh lock");
+        let mesh = mesh.as_ref().ok_or(PublishError::NoMesh)?;
+        mesh.publish_as_leader(
+            &format!("{}{name}", projection::POOL_PREFIX),
+            projection::encode(endpoints),
+        )
+        .map_err(|e| PublishError::NotLeader(e.to_string()))
     }
 
     pub fn status_json(&self) -> serde_json::Value {
@@ -398,8 +468,11 @@ impl Daemon {
         // A change is applied once the file has stayed the same for one poll, so a file caught
         // half-written by an editor or `cp` is not reported as a broken config.
         let mut settling: Option<u64> = None;
+        let mut projection = tokio::time::interval(Duration::from_millis(250));
+        projection.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sig = loop {
             tokio::select! {
+                _ = projection.tick() => self.project_pools().await,
                 _ = hup.recv() => { let _ = self.reload("SIGHUP").await; }
                 _ = poll.tick() => {
                     let (watch, path, known) = {

@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod demo;
 pub mod local_ca;
 pub mod logging;
+pub mod projection;

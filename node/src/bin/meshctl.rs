@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
@@ -45,10 +45,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a pool's endpoints to every node (on the acting leader's admin API).
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
+    },
     /// The mesh's leader as this node sees it: leader, term, this node's role, the voters.
     Leader,
     /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
     Keygen,
+}
+
+#[derive(Subcommand)]
+enum PoolAction {
+    /// Replace the endpoints of a configured pool, cluster-wide: `ip:port` or `ip:port=weight`.
+    Set {
+        name: String,
+        endpoints: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -260,6 +274,19 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_members(&m);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pool {
+            action: PoolAction::Set { name, endpoints },
+        } => {
+            let body = serde_json::to_string(endpoints).expect("strings encode");
+            let (code, text) =
+                request_with(&cli.addr, "PUT", &format!("/pools/{name}"), body).await?;
+            print!("{text}");
+            Ok(if code == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Leader => {
             let (code, body) = request(&cli.addr, "GET", "/members").await?;
             if code != 200 {
@@ -313,11 +340,20 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
 }
 
 async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    request_with(addr, method, path, String::new()).await
+}
+
+async fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> Result<(u16, String), String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .body(Empty::new())
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("bad admin address {addr:?}: {e}"))?;
     let unreachable = |e: &dyn std::fmt::Display| {
         format!(

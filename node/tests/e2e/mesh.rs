@@ -275,3 +275,129 @@ async fn six_processes_elect_fail_over_detect_a_kill_and_refuse_a_stranger() {
         assert!(out.contains(&id), "{out}");
     }
 }
+
+const DYN: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{http}"
+kind = "http"
+
+[[routes]]
+hosts = ["dyn.test"]
+pool = "dyn"
+tls = false
+
+[pools.dyn]
+endpoints = ["{a}"]
+
+[gossip]
+bind = "127.0.0.1:{gossip}"
+sync_port = {sync}
+node_id = "{id}"
+seeds = [{seeds}]
+key_file = "{keyfile}"
+probe_period_ms = 200
+probe_rtt_ms = 100
+suspect_to_down_ms = 1000
+bootstrap_expect = 3
+"#;
+
+/// The leader publishes a pool's endpoints; every node's proxy follows within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_published_by_the_leader_reach_every_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    let meshctl = env!("CARGO_BIN_EXE_meshctl");
+    std::fs::write(&key, run(meshctl, &["keygen"]).1).unwrap();
+    let (a, b) = (harness::backend("a").await, harness::backend("b").await);
+    let start = |id: &str, seeds: String| {
+        let vars = vec![
+            ("id", id.to_string()),
+            ("seeds", seeds),
+            ("keyfile", key.display().to_string()),
+            ("a", a.addr.to_string()),
+        ];
+        async move { harness::node(DYN, &vars).await }
+    };
+    let first = start("p0", String::new()).await;
+    let seed = format!("\"127.0.0.1:{}\"", first.port("gossip"));
+    let mut nodes = vec![Named {
+        id: "p0".into(),
+        node: first,
+    }];
+    for id in ["p1", "p2"] {
+        nodes.push(Named {
+            node: start(id, seed.clone()).await,
+            id: id.into(),
+        });
+    }
+    let leader = wait_one_leader(&nodes, None).await;
+    let leader_admin = nodes.iter().find(|n| n.id == leader).unwrap().node.admin();
+    let follower_admin = nodes.iter().find(|n| n.id != leader).unwrap().node.admin();
+    let served_by = |n: &Node| {
+        let http = n.addr("http").to_string();
+        async move {
+            let (code, body) = harness::http_request_host(&http, "GET", "/", Some("dyn.test"))
+                .await
+                .unwrap();
+            assert_eq!(code, 200, "{body}");
+            body.split(' ').next().unwrap().to_string()
+        }
+    };
+    for n in &nodes {
+        assert_eq!(served_by(&n.node).await, "a");
+    }
+
+    // Only the acting leader publishes; the others say who does.
+    let ep = b.addr.to_string();
+    let (code, out, _) = run(
+        meshctl,
+        &["--addr", &follower_admin, "pool", "set", "dyn", &ep],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("not the acting leader (leader: {leader})")),
+        "{out}"
+    );
+    let (code, out, _) = run(
+        meshctl,
+        &["--addr", &leader_admin, "pool", "set", "nope", &ep],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("pool \"nope\" is not in the configuration"),
+        "{out}"
+    );
+    let (code, out, _) = run(
+        meshctl,
+        &["--addr", &leader_admin, "pool", "set", "dyn", "b:80"],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("endpoint \"b:80\""), "{out}");
+
+    let (code, out, err) = run(
+        meshctl,
+        &["--addr", &leader_admin, "pool", "set", "dyn", &ep],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let published = Instant::now();
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while served_by(&n.node).await != "b" {
+            assert!(Instant::now() < deadline, "{} still routes to a", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!(
+        "published pool served by all 3 nodes after {:?}",
+        published.elapsed()
+    );
+    let status = nodes[0].node.status().await;
+    assert_eq!(status["pools"][0]["endpoints"][0]["addr"], ep.as_str());
+}
