@@ -61,7 +61,7 @@ pub struct MeshConfig {
     pub bootstrap_expect: usize,
     /// A voter down this long is removed from the set by the acting leader.
     pub reap_after: Duration,
-    pub seeds: Vec<SocketAddr>,
+    pub seeds: Box<dyn SeedSource>,
     pub keyring: Keyring,
     pub membership: MembershipConfig,
 }
@@ -99,6 +99,8 @@ pub struct MeshStatus {
     /// Entries in the replicated state (tombstones included).
     pub state_entries: usize,
     pub election: ElectionStatus,
+    /// State updates still being disseminated by this node.
+    pub broadcast_backlog: usize,
     pub sync_rounds_ok: u64,
     pub sync_rounds_failed: u64,
     pub sync_updates_applied: u64,
@@ -117,10 +119,14 @@ pub struct ElectionStatus {
     pub acting: bool,
     pub voters: Vec<String>,
     pub leader_changes: u64,
+    /// Seconds since this node first saw the current leader.
+    pub leader_since_secs: Option<u64>,
 }
 
 struct Shared {
     election: Mutex<ElectionStatus>,
+    leader_since: Mutex<Option<Instant>>,
+    backlog: AtomicU64,
     down: Mutex<Vec<String>>,
     counters: Counters,
     sync: SyncEndpoint,
@@ -128,6 +134,18 @@ struct Shared {
     members: Mutex<BTreeMap<SocketAddr, (NodeIdentity, Instant)>>,
     me: NodeIdentity,
     started: Instant,
+}
+
+/// Where a node finds members to join through. Asked again at every join attempt, so a
+/// source can change (the DNS entrypoint and ECS come later behind this trait).
+pub trait SeedSource: Send + Sync + 'static {
+    fn seeds(&mut self) -> Vec<SocketAddr>;
+}
+
+impl SeedSource for Vec<SocketAddr> {
+    fn seeds(&mut self) -> Vec<SocketAddr> {
+        self.clone()
+    }
 }
 
 /// A leader write refused because this node is not the acting leader.
@@ -159,6 +177,8 @@ impl Mesh {
         )?;
         let shared = Arc::new(Shared {
             election: Mutex::new(ElectionStatus::default()),
+            leader_since: Mutex::new(None),
+            backlog: AtomicU64::new(0),
             down: Mutex::new(Vec::new()),
             counters: Counters::default(),
             sync,
@@ -270,7 +290,17 @@ impl Mesh {
         let sc = &self.shared.sync.counters;
         MeshStatus {
             state_entries,
-            election: self.shared.election.lock().expect("election lock").clone(),
+            election: {
+                let mut e = self.shared.election.lock().expect("election lock").clone();
+                e.leader_since_secs = self
+                    .shared
+                    .leader_since
+                    .lock()
+                    .expect("leader lock")
+                    .map(|t| t.elapsed().as_secs());
+                e
+            },
+            broadcast_backlog: self.shared.backlog.load(Ordering::Relaxed) as usize,
             sync_rounds_ok: sc.rounds_ok.load(Ordering::Relaxed),
             sync_rounds_failed: sc.rounds_failed.load(Ordering::Relaxed),
             sync_updates_applied: sc.updates_applied.load(Ordering::Relaxed),
@@ -318,7 +348,7 @@ struct Driver {
     timers: BTreeMap<(Instant, u64), Timer<NodeIdentity>>,
     seq: u64,
     shared: Arc<Shared>,
-    seeds: Vec<SocketAddr>,
+    seeds: Box<dyn SeedSource>,
 }
 
 impl Driver {
@@ -342,7 +372,7 @@ impl Driver {
         loop {
             let next_timer = self.timers.keys().next().map(|(t, _)| *t);
             let joined = !self.shared.members.lock().expect("members lock").is_empty();
-            let wake = match (next_timer, joined || self.seeds.is_empty()) {
+            let wake = match (next_timer, joined) {
                 (Some(t), true) => t,
                 (Some(t), false) => t.min(next_join),
                 (None, true) => Instant::now() + Duration::from_secs(3600),
@@ -355,8 +385,8 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
-                    if !joined && now >= next_join && !self.seeds.is_empty() {
-                        for seed in self.seeds.clone() {
+                    if !joined && now >= next_join {
+                        for seed in self.seeds.seeds() {
                             let fx = self.swim.join(seed);
                             self.effects(fx).await;
                         }
@@ -579,10 +609,17 @@ impl Driver {
             self.effects(fx).await;
         }
 
+        self.shared
+            .backlog
+            .store(self.swim.backlog().0 as u64, Ordering::Relaxed);
         let mut view = self.shared.election.lock().expect("election lock");
         let leader = self.election.leader().cloned();
-        if leader.is_some() && leader != view.leader {
-            view.leader_changes += 1;
+        if leader != view.leader {
+            if leader.is_some() {
+                view.leader_changes += 1;
+            }
+            *self.shared.leader_since.lock().expect("leader lock") =
+                leader.is_some().then(Instant::now);
         }
         *view = ElectionStatus {
             role: Some(self.election.role()),
@@ -591,6 +628,7 @@ impl Driver {
             acting: acting.is_some(),
             voters: voters.map(|v| v.into_iter().collect()).unwrap_or_default(),
             leader_changes: view.leader_changes,
+            leader_since_secs: None,
         };
     }
 
@@ -708,7 +746,7 @@ mod tests {
             election: ElectionConfig::default(),
             bootstrap_expect: 3,
             reap_after: Duration::from_secs(600),
-            seeds,
+            seeds: Box::new(seeds),
             keyring: Keyring::new(vec![key.clone()]).unwrap(),
             membership: fast(),
         })

@@ -18,7 +18,9 @@ pub mod state;
 pub mod sync;
 pub mod voters;
 
-pub use driver::{ElectionStatus, MemberStatus, Mesh, MeshConfig, MeshStatus, NodeMeta, NotLeader};
+pub use driver::{
+    ElectionStatus, MemberStatus, Mesh, MeshConfig, MeshStatus, NodeMeta, NotLeader, SeedSource,
+};
 pub use election::{Election, ElectionConfig, ElectionMsg, Role};
 pub use envelope::EnvelopeError;
 pub use keyring::{ClusterKey, KeyError, Keyring, OpenError};

@@ -273,6 +273,14 @@ impl Membership {
         self.finish(r)
     }
 
+    /// State updates still being disseminated, and membership updates likewise.
+    pub fn backlog(&self) -> (usize, usize) {
+        (
+            self.foca.custom_broadcast_backlog(),
+            self.foca.updates_backlog(),
+        )
+    }
+
     /// Members this node considers alive (not counting itself).
     pub fn members(&self) -> impl Iterator<Item = &NodeIdentity> {
         self.foca.iter_members().map(|m| m.id())

@@ -79,6 +79,7 @@ pub struct Daemon {
     gossip_members: Family<MemberLabel, prometheus_client::metrics::gauge::Gauge>,
     sync_rounds: Family<PacketLabel, Counter>,
     leader_changes: Counter,
+    broadcast_backlog: prometheus_client::metrics::gauge::Gauge,
     current: tokio::sync::Mutex<(Config, u64)>,
     state: Mutex<ConfigState>,
     reloads: Family<ReloadLabel, Counter>,
@@ -145,7 +146,7 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
         },
         bootstrap_expect: g.bootstrap_expect,
         reap_after: g.reap_after,
-        seeds: g.seeds.clone(),
+        seeds: Box::new(g.seeds.clone()),
         keyring: Keyring::new(keys)?,
         membership,
     })
@@ -228,6 +229,12 @@ impl Daemon {
             "Gossip datagrams, by result",
             gossip_packets.clone(),
         );
+        let broadcast_backlog = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "edgemesh_gossip_broadcast_backlog",
+            "State updates this node is still disseminating",
+            broadcast_backlog.clone(),
+        );
         let leader_changes = Counter::default();
         registry.register(
             "edgemesh_leader_changes",
@@ -255,6 +262,7 @@ impl Daemon {
             gossip_members,
             sync_rounds,
             leader_changes,
+            broadcast_backlog,
             state: Mutex::new(ConfigState {
                 file: path.to_path_buf(),
                 generation: 1,
@@ -446,6 +454,7 @@ impl Daemon {
                     .set(n as i64);
             };
             members("alive", m.members.len());
+            self.broadcast_backlog.set(m.broadcast_backlog as i64);
             members("down", m.down.len());
             let c = &self.leader_changes;
             c.inc_by(m.election.leader_changes.saturating_sub(c.get()));

@@ -159,6 +159,7 @@ struct Mesh {
 #[derive(Deserialize)]
 struct Election {
     role: Option<String>,
+    leader_since_secs: Option<u64>,
     term: u64,
     leader: Option<String>,
     acting: bool,
@@ -298,9 +299,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             let e = &m.election;
             match &e.leader {
                 Some(l) => println!(
-                    "leader {l}, term {}{}",
+                    "leader {l}, term {}{}, since {}s",
                     e.term,
-                    if e.acting { " (this node, acting)" } else { "" }
+                    if e.acting { " (this node, acting)" } else { "" },
+                    e.leader_since_secs.unwrap_or(0)
                 ),
                 None => println!("no leader known (term {})", e.term),
             }

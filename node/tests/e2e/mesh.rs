@@ -139,6 +139,7 @@ async fn six_processes_elect_fail_over_detect_a_kill_and_refuse_a_stranger() {
     let (code, out, _) = run(meshctl, &["--addr", &nodes[0].node.admin(), "leader"]);
     assert_eq!(code, 0);
     assert!(out.starts_with(&format!("leader {leader}, term ")), "{out}");
+    assert!(out.lines().next().unwrap().contains(", since "), "{out}");
 
     // kill -9 of the leader: the others elect a new one.
     let index = nodes.iter().position(|n| n.id == leader).unwrap();
