@@ -500,3 +500,30 @@ fn bench_report() {
         println!("| {loss}% | {total} |");
     }
 }
+
+#[test]
+fn twenty_percent_loss_then_recovery_converges() {
+    let mut sim = Sim::new(50, 8);
+    sim.run_until_converged(30_000);
+    sim.loss_pct = 20;
+    sim.run(60_000);
+    // False suspicions happen at this loss rate; once it clears, everyone agrees again
+    // (wrongly downed members refute with a new identity and are taken back).
+    sim.loss_pct = 0;
+    sim.run_until_converged(120_000);
+}
+
+#[test]
+fn a_node_away_for_ten_minutes_rejoins() {
+    let mut sim = Sim::new(20, 9);
+    sim.run_until_converged(30_000);
+    sim.group = (0..20).map(|i| u8::from(i == 7)).collect();
+    sim.run(600_000);
+    assert!(
+        sim.nodes[7].as_ref().unwrap().view.is_empty(),
+        "alone, it sees nobody"
+    );
+    assert!(!sim.nodes[0].as_ref().unwrap().view.contains("n007"));
+    sim.group = vec![0; 20];
+    sim.run_until_converged(180_000);
+}
