@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 report() { cargo test --release -q -p edgemesh-gossip bench_report -- --ignored --nocapture 2>/dev/null | grep '^|'; }
-table=$(report)
+# 1000 simulated nodes take about 5 minutes on 2 cores.
+table=$(SIM_SIZES=10,50,100,200,1000 report)
 # Faster timings (probe period / probe RTT / suspicion, ms): the trade-off the defaults sit on.
 sweep=""
 for cfg in "500 200 1000" "400 150 1200"; do
   set -- $cfg
   sweep+=$'\n'"#### probe ${1} ms, probe RTT ${2} ms, suspicion ${3} ms"$'\n\n'
-  sweep+=$(SIM_PROBE_MS=$1 SIM_RTT_MS=$2 SIM_SUSPECT_MS=$3 report)$'\n'
+  sweep+=$(SIM_SIZES=10,50,100,200 SIM_PROBE_MS=$1 SIM_RTT_MS=$2 SIM_SUSPECT_MS=$3 report)$'\n'
 done
 section=$(cat <<MD
 <!-- gossip:begin -->

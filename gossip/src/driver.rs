@@ -70,6 +70,8 @@ pub struct MeshConfig {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub sent: AtomicU64,
+    /// Bytes on the wire (sealed datagrams) sent.
+    pub bytes_sent: AtomicU64,
     pub received: AtomicU64,
     /// Failed authentication (wrong or no cluster key).
     pub rejected_auth: AtomicU64,
@@ -105,6 +107,7 @@ pub struct MeshStatus {
     pub sync_rounds_failed: u64,
     pub sync_updates_applied: u64,
     pub packets_sent: u64,
+    pub bytes_sent: u64,
     pub packets_received: u64,
     pub packets_rejected_auth: u64,
     pub packets_rejected_decode: u64,
@@ -309,6 +312,7 @@ impl Mesh {
             down: self.shared.down.lock().expect("down lock").clone(),
             members,
             packets_sent: c.sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             packets_received: c.received.load(Ordering::Relaxed),
             packets_rejected_auth: c.rejected_auth.load(Ordering::Relaxed),
             packets_rejected_decode: c.rejected_decode.load(Ordering::Relaxed),
@@ -654,7 +658,10 @@ impl Driver {
             };
             let sealed = self.keyring.seal(&wire, AAD);
             if self.socket.send_to(&sealed, addr).await.is_ok() {
-                self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                let c = &self.shared.counters;
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                c.bytes_sent
+                    .fetch_add(sealed.len() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -691,7 +698,10 @@ impl Driver {
         let sealed = self.keyring.seal(&wire, AAD);
         match self.socket.send_to(&sealed, to).await {
             Ok(_) => {
-                self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                let c = &self.shared.counters;
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                c.bytes_sent
+                    .fetch_add(sealed.len() as u64, Ordering::Relaxed);
             }
             Err(e) => debug!(%to, error = %e, "gossip send failed"),
         }

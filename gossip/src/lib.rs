@@ -16,6 +16,8 @@ pub mod keyring;
 pub mod membership;
 pub mod state;
 pub mod sync;
+#[cfg(test)]
+mod testing;
 pub mod voters;
 
 pub use driver::{

@@ -4,20 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::testing::Rng;
 
 enum Event {
     Datagram {
@@ -451,7 +438,11 @@ fn bench_report() {
         "| nodes | detection p50 | detection p99 | change reaches all | bytes/s per node at rest |"
     );
     println!("|---:|---:|---:|---:|---:|");
-    for n in [10usize, 50, 100, 200] {
+    let sizes: Vec<usize> = std::env::var("SIM_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 50, 100, 200]);
+    for n in sizes {
         let mut sim = Sim::new(n, 42);
         sim.run_until_converged(120_000);
         let (b0, d0, t0) = (sim.bytes_sent, sim.datagrams_sent, sim.now);
