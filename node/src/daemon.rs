@@ -114,7 +114,7 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
         indirect_probes: g.indirect_probes,
         suspect_to_down: g.suspect_to_down,
         max_packet_size: g.max_packet_size,
-        cluster_size: g.expected_cluster_size,
+        ..MembershipConfig::lan(g.expected_cluster_size)
     };
     // The start time: a restarted node outranks its previous self.
     let started = SystemTime::now()

@@ -16,6 +16,11 @@ enum Event {
         generation: u32,
         timer: Timer<NodeIdentity>,
     },
+    /// Anti-entropy round of `node` (the QUIC digest push-pull of `sync.rs`, modelled).
+    Sync {
+        node: usize,
+        generation: u32,
+    },
 }
 
 struct Node {
@@ -43,6 +48,8 @@ struct Sim {
     /// SWIM payload bytes sent, all nodes together.
     bytes_sent: u64,
     datagrams_sent: u64,
+    /// Anti-entropy period; `None` leaves dissemination to the broadcasts alone.
+    sync_ms: Option<u64>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -61,7 +68,12 @@ fn index(a: SocketAddr) -> usize {
 
 impl Sim {
     fn new(n: usize, seed: u64) -> Sim {
-        Sim::with(n, seed, tuned(MembershipConfig::lan(n as u32)))
+        let base = if std::env::var("SIM_PROFILE").as_deref() == Ok("memberlist") {
+            MembershipConfig::memberlist_lan(n as u32)
+        } else {
+            MembershipConfig::lan(n as u32)
+        };
+        Sim::with(n, seed, tuned(base))
     }
 
     fn with(n: usize, seed: u64, cfg: MembershipConfig) -> Sim {
@@ -78,6 +90,7 @@ impl Sim {
             false_downs: 0,
             bytes_sent: 0,
             datagrams_sent: 0,
+            sync_ms: None,
         };
         for i in 0..n {
             sim.start(i, 1);
@@ -108,6 +121,55 @@ impl Sim {
         if i != 0 {
             let fx = self.nodes[i].as_mut().unwrap().swim.join(addr(0)).unwrap();
             self.effects(i, fx);
+        }
+        if let Some(period) = self.sync_ms {
+            self.schedule_sync(i, period);
+        }
+    }
+
+    /// Turns anti-entropy on for every node, each at a random phase of `period`.
+    fn with_sync(mut self, period: u64) -> Sim {
+        self.sync_ms = Some(period);
+        for i in self.alive() {
+            let first = self.rng.below(period) + 1;
+            self.schedule_sync(i, first);
+        }
+        self
+    }
+
+    fn schedule_sync(&mut self, node: usize, after: u64) {
+        let generation = self.generation[node];
+        self.push(self.now + after, Event::Sync { node, generation });
+    }
+
+    /// One push-pull round: `i` and a random member of its view exchange what the other
+    /// lacks by digest, as `sync.rs` does over QUIC. A partition or a dead peer fails it.
+    fn sync_round(&mut self, i: usize) {
+        let view: Vec<usize> = self.nodes[i]
+            .as_ref()
+            .unwrap()
+            .view
+            .iter()
+            .map(|id| id[1..].parse().expect("ids are n<index>"))
+            .collect();
+        if view.is_empty() {
+            return;
+        }
+        let j = view[self.rng.below(view.len() as u64) as usize];
+        if self.group[i] != self.group[j] || self.nodes[j].is_none() {
+            return;
+        }
+        let (a, b) = (
+            self.nodes[i].as_ref().unwrap().state.clone(),
+            self.nodes[j].as_ref().unwrap().state.clone(),
+        );
+        let to_b = a.lock().unwrap().newer_than(&b.lock().unwrap().digest());
+        let to_a = b.lock().unwrap().newer_than(&a.lock().unwrap().digest());
+        for u in to_b {
+            b.lock().unwrap().apply(u);
+        }
+        for u in to_a {
+            a.lock().unwrap().apply(u);
         }
     }
 
@@ -182,6 +244,14 @@ impl Sim {
                     Some(n) if self.generation[node] == generation => (node, n.swim.timer(timer)),
                     _ => continue,
                 },
+                Event::Sync { node, generation } => {
+                    if self.nodes[node].is_some() && self.generation[node] == generation {
+                        self.sync_round(node);
+                        let period = self.sync_ms.expect("scheduled only with a period");
+                        self.schedule_sync(node, period);
+                    }
+                    continue;
+                }
             };
             self.effects(i, fx.expect("a datagram from a peer always decodes"));
         }
@@ -248,9 +318,11 @@ fn fifty_nodes_join_detect_a_crash_and_take_back_a_restart() {
     assert_eq!(detect.len(), 49, "every survivor saw n017 go down");
     let (p50, p99) = (percentile(detect.clone(), 50), percentile(detect, 99));
     eprintln!("50 nodes, crash detection: p50 {p50} ms, p99 {p99} ms");
-    // Targets from the gossip issue: p50 <= 2 s is not met by memberlist's LAN suspicion
-    // timeout at 50 nodes; these bounds record what the defaults give, the figures are reported.
-    assert!(p99 <= 15_000, "p99 detection {p99} ms");
+    // The gossip issue's bounds, in simulated time (deterministic for the seed).
+    assert!(
+        p50 <= 2_000 && p99 <= 5_000,
+        "detection p50 {p50} ms, p99 {p99} ms"
+    );
 
     // Same address, new process: a higher incarnation takes the old identity's place.
     sim.start(17, 2);
@@ -303,7 +375,8 @@ fn garbage_datagrams_are_errors_not_panics() {
     assert_eq!(n.view.len(), 1, "state untouched");
 }
 
-/// Timing overrides for tuning runs (`SIM_PROBE_MS`, `SIM_RTT_MS`, `SIM_SUSPECT_MS`).
+/// Timing overrides for tuning runs (`SIM_PROBE_MS`, `SIM_RTT_MS`, `SIM_SUSPECT_MS`;
+/// `SIM_PROFILE=memberlist` starts from memberlist's LAN defaults instead of ours).
 fn tuned(mut cfg: MembershipConfig) -> MembershipConfig {
     let ms = |k: &str| {
         std::env::var(k)
@@ -428,6 +501,58 @@ fn malformed_broadcast_items_are_refused() {
     assert_eq!(state.lock().unwrap().get("k"), Some(&b"1"[..]));
 }
 
+/// The daemon's default anti-entropy period (`sync_interval_secs`).
+const SYNC_MS: u64 = 30_000;
+
+/// Broadcasts are sent a bounded number of times, so a member cut off while they fly never
+/// gets them from SWIM; the anti-entropy rounds bring the update to it after the cut heals.
+#[test]
+fn anti_entropy_delivers_what_broadcasts_missed() {
+    let mut sim = Sim::new(50, 6).with_sync(SYNC_MS);
+    sim.run_until_converged(30_000);
+    let has = |sim: &Sim, i: usize| {
+        sim.nodes[i]
+            .as_ref()
+            .unwrap()
+            .state
+            .lock()
+            .unwrap()
+            .get("k")
+            .is_some()
+    };
+    // Node 7 is unreachable for 3 s (less than the suspicion timeout, so it stays a member).
+    sim.group = (0..50).map(|i| u8::from(i == 7)).collect();
+    let now = sim.now;
+    let fx = {
+        let n = sim.nodes[9].as_mut().unwrap();
+        let update = n.state.lock().unwrap().set("k", b"v".to_vec(), now);
+        n.swim.publish(&update).unwrap()
+    };
+    sim.effects(9, fx);
+    sim.run(3_000);
+    assert!(!has(&sim, 7), "cut off, it cannot have the update");
+    sim.group = vec![0; 50];
+    sim.run(3_000);
+    assert!(
+        !has(&sim, 7),
+        "the broadcasts are spent: SWIM alone never delivers it"
+    );
+    let start = sim.now;
+    while !has(&sim, 7) {
+        assert!(
+            sim.now - start <= SYNC_MS + 1_000,
+            "anti-entropy did not deliver within one period"
+        );
+        sim.run(100);
+    }
+    eprintln!(
+        "anti-entropy delivered the missed update {} ms after the cut healed",
+        sim.now - start + 3_000
+    );
+    // Every other member got it by broadcast.
+    assert!(sim.alive().into_iter().all(|i| has(&sim, i)));
+}
+
 /// Not a test: the gossip figures for BENCHMARKS.md (`bench/gossip.sh` runs it in release).
 #[test]
 #[ignore]
@@ -435,7 +560,7 @@ fn bench_report() {
     // Envelope (8) + length prefix of the bytes (up to 3) + seal (nonce 24, tag 16).
     const WIRE_OVERHEAD: u64 = 8 + 3 + 24 + 16;
     println!(
-        "| nodes | detection p50 | detection p99 | change reaches all | bytes/s per node at rest |"
+        "| nodes | detection p50 | detection p99 | change reaches all (p50 / max of 5) | bytes/s per node at rest |"
     );
     println!("|---:|---:|---:|---:|---:|");
     let sizes: Vec<usize> = std::env::var("SIM_SIZES")
@@ -443,17 +568,22 @@ fn bench_report() {
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![10, 50, 100, 200]);
     for n in sizes {
-        let mut sim = Sim::new(n, 42);
+        let mut sim = Sim::new(n, 42).with_sync(SYNC_MS);
         sim.run_until_converged(120_000);
         let (b0, d0, t0) = (sim.bytes_sent, sim.datagrams_sent, sim.now);
         sim.run(60_000);
         let secs = (sim.now - t0) as f64 / 1000.0;
         let wire = (sim.bytes_sent - b0) + (sim.datagrams_sent - d0) * WIRE_OVERHEAD;
         let rest = wire as f64 / secs / n as f64;
-        let reach = try_spread(&mut sim, 1, "bench/key", 60_000)
-            .map_or("not all in 60 s".to_string(), |ms| {
-                format!("{:.2} s", ms as f64 / 1000.0)
-            });
+        // Five updates from different nodes; anti-entropy on at the default period, so an
+        // update the broadcasts miss somewhere still arrives (and shows in the max).
+        let mut reach = Vec::new();
+        for k in 0..5 {
+            let from = 1 + k * (n - 2) / 5;
+            reach.push(spread(&mut sim, from, &format!("bench/{k}"), 120_000));
+        }
+        let reach_max = *reach.iter().max().unwrap();
+        let reach_p50 = percentile(reach, 50);
         let crashed_at = sim.now;
         sim.crash(n - 1);
         sim.run_until_converged(120_000);
@@ -470,9 +600,11 @@ fn bench_report() {
             })
             .collect();
         println!(
-            "| {n} | {:.1} s | {:.1} s | {reach} | {:.0} B/s |",
+            "| {n} | {:.1} s | {:.1} s | {:.2} s / {:.2} s | {:.0} B/s |",
             percentile(detect.clone(), 50) as f64 / 1000.0,
             percentile(detect, 99) as f64 / 1000.0,
+            reach_p50 as f64 / 1000.0,
+            reach_max as f64 / 1000.0,
             rest
         );
     }
