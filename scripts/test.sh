@@ -12,6 +12,11 @@ if ! command -v curl >/dev/null 2>&1 || ! curl -V | grep -q HTTP2; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
 fi
+# The AWS API emulator the ECS tests talk to (scripts/moto_ecs.py patches its ECS model;
+# the patches were written against this version).
+if ! python3 -c 'import moto, flask; assert moto.__version__ == "5.2.1"' >/dev/null 2>&1; then
+  python3 -m pip install -q 'moto[server]==5.2.1'
+fi
 for c in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
     rustup component add "$c"

@@ -231,6 +231,11 @@ impl Mesh {
         })
     }
 
+    /// Whether this member is the acting leader now (a majority and a valid lease).
+    pub fn acting(&self) -> bool {
+        self.shared.election.lock().expect("election lock").acting
+    }
+
     /// Writes `key` as the acting leader, in its term, and disseminates it. Refused on any
     /// other node: leader data has one writer.
     pub fn publish_as_leader(&self, key: &str, value: Vec<u8>) -> Result<(), NotLeader> {

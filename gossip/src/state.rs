@@ -222,6 +222,21 @@ impl ClusterState {
             .filter_map(|(k, e)| Some((k.as_str(), e.value.as_deref()?)))
     }
 
+    /// Live entries under `prefix` written by a leader, of any term: the last good value of
+    /// each key survives a leader change until the new leader rewrites or deletes it. A write
+    /// of an older term never replaces a newer term's (versions order by term first), and a
+    /// deposed leader cannot write once it has seen the newer term (`set_as_leader`).
+    pub fn leader_entries<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        self.entries
+            .range(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.version.term > 0)
+            .filter_map(|(k, e)| Some((k.as_str(), e.value.as_deref()?)))
+    }
+
     pub fn max_term(&self) -> u64 {
         self.max_term
     }

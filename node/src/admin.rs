@@ -116,6 +116,11 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "this node runs alone: no [gossip] section in its configuration\n".into(),
             ),
         },
+        (&Method::GET, "/topology") => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&d.topology_json().await).unwrap_or_default(),
+        ),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -132,7 +137,7 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /healthz, /status, /members, /metrics, POST /reload or PUT /pools/<name>\n".into(),
+            "try /healthz, /status, /members, /topology, /metrics, POST /reload or PUT /pools/<name>\n".into(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -71,8 +71,10 @@ pub struct Daemon {
     proxy: Arc<Proxy>,
     /// The mesh, when `[gossip]` is configured; taken out to leave at shutdown.
     mesh: Mutex<Option<Mesh>>,
-    /// The mesh's replicated state, which the proxy's pools are projected from.
-    cluster_state: Option<Arc<Mutex<ClusterState>>>,
+    /// The mesh's replicated state (a local one on a single node), which the proxy's pools
+    /// are projected from.
+    cluster_state: Arc<Mutex<ClusterState>>,
+    ecs_metrics: crate::ecs::EcsMetrics,
     /// The published pools last applied to the proxy.
     published: Mutex<BTreeMap<String, Vec<EndpointSpec>>>,
     gossip_packets: Family<PacketLabel, Counter>,
@@ -252,10 +254,16 @@ impl Daemon {
             "Other members this node sees, by state",
             gossip_members.clone(),
         );
-        let cluster_state = mesh.as_ref().map(Mesh::state);
+        let cluster_state = match &mesh {
+            Some(m) => m.state(),
+            // A single node is its own leader: its ECS poller writes here, in term 1.
+            None => Arc::new(Mutex::new(ClusterState::new("local"))),
+        };
+        let ecs_metrics = crate::ecs::EcsMetrics::new(&mut registry);
         let daemon = Arc::new(Daemon {
             proxy,
             cluster_state,
+            ecs_metrics,
             published: Mutex::new(BTreeMap::new()),
             mesh: Mutex::new(mesh),
             gossip_packets,
@@ -358,17 +366,83 @@ impl Daemon {
 
     /// Applies pool changes published in the mesh, if any. Called every 250 ms.
     async fn project_pools(&self) {
-        let Some(state) = &self.cluster_state else {
-            return;
-        };
-        let published = projection::published(&state.lock().expect("state lock"));
+        let current = self.current.lock().await;
+        let published = projection::published(
+            &self.cluster_state.lock().expect("state lock"),
+            &current.0.ecs_targets,
+        );
         if *self.published.lock().expect("published lock") == published {
             return;
         }
-        info!(pools = ?published.keys().collect::<Vec<_>>(), "pools changed in the mesh");
+        info!(pools = ?published.keys().collect::<Vec<_>>(), "pools changed in the cluster state");
         *self.published.lock().expect("published lock") = published;
-        let current = self.current.lock().await;
         self.proxy.apply(self.table_for(&current.0));
+    }
+
+    /// The ECS topology as this node holds it: the leader's last poll, every service, and
+    /// what each ECS pool selects from it.
+    pub async fn topology_json(&self) -> serde_json::Value {
+        use crate::ecs::model::{decode, ServiceTopology};
+        let targets = self.current.lock().await.0.ecs_targets.clone();
+        let state = self.cluster_state.lock().expect("state lock");
+        let status = state
+            .get(crate::ecs::STATUS_KEY)
+            .and_then(decode::<crate::ecs::PollStatus>);
+        let services: BTreeMap<String, ServiceTopology> = state
+            .leader_entries(crate::ecs::SERVICE_PREFIX)
+            .filter_map(|(k, v)| {
+                Some((
+                    k[crate::ecs::SERVICE_PREFIX.len()..].to_string(),
+                    decode(v)?,
+                ))
+            })
+            .collect();
+        let pools: Vec<serde_json::Value> = targets
+            .iter()
+            .map(|(pool, t)| {
+                let (endpoints, error) = match services.get(&t.service).map(|s| t.select(s)) {
+                    None => (0, Some("not polled yet (or no such service)".to_string())),
+                    Some(Ok(a)) if a.is_empty() => (0, Some("no running task: answers 503".into())),
+                    Some(Ok(a)) => (a.len(), None),
+                    Some(Err(e)) => (0, Some(e.to_string())),
+                };
+                serde_json::json!({
+                    "pool": pool, "service": t.service, "container": t.container,
+                    "port": t.port, "endpoints": endpoints, "error": error,
+                })
+            })
+            .collect();
+        serde_json::json!({ "status": status, "services": services, "pools": pools })
+    }
+
+    /// The replicated state this node holds.
+    pub fn cluster_state(&self) -> &Arc<Mutex<ClusterState>> {
+        &self.cluster_state
+    }
+
+    /// Starts the ECS poller when configured (it polls only while this node is the leader).
+    async fn start_ecs(self: &Arc<Self>) {
+        let (settings, me) = {
+            let c = self.current.lock().await;
+            let me =
+                c.0.gossip
+                    .as_ref()
+                    .map_or("local".to_string(), |g| g.node_id.clone());
+            (c.0.ecs.clone(), me)
+        };
+        let Some(settings) = settings else {
+            return;
+        };
+        let api = crate::ecs::api::SdkApi::new(&settings.cluster, settings.region.as_deref()).await;
+        info!(cluster = %settings.cluster, interval_secs = settings.poll_interval.as_secs(), "ECS provider on");
+        let publisher: Arc<dyn crate::ecs::Publisher> = self.clone();
+        tokio::spawn(crate::ecs::run(
+            api,
+            settings,
+            me,
+            publisher,
+            self.ecs_metrics.clone(),
+        ));
     }
 
     /// Publishes a pool's endpoints for the whole mesh. Only the acting leader may.
@@ -409,6 +483,15 @@ impl Daemon {
             }
         }
         v["version"] = env!("CARGO_PKG_VERSION").into();
+        v["ecs"] = self
+            .cluster_state
+            .lock()
+            .expect("state lock")
+            .get(crate::ecs::STATUS_KEY)
+            .and_then(crate::ecs::model::decode::<crate::ecs::PollStatus>)
+            .map_or(serde_json::Value::Null, |s| {
+                serde_json::to_value(s).unwrap_or_default()
+            });
         v["mesh"] = self.mesh_status().map_or(serde_json::Value::Null, |m| {
             serde_json::to_value(m).unwrap_or_default()
         });
@@ -469,6 +552,7 @@ impl Daemon {
     /// Serves until SIGTERM or SIGINT, then drains within the configured timeout.
     pub async fn run(self: Arc<Self>, admin: TcpListener) -> Result<()> {
         let admin_task = tokio::spawn(crate::admin::serve(admin, self.clone()));
+        self.start_ecs().await;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -526,5 +610,50 @@ impl Daemon {
         }
         admin_task.abort();
         Ok(())
+    }
+}
+
+impl crate::ecs::Publisher for Daemon {
+    fn acting(&self) -> bool {
+        self.mesh
+            .lock()
+            .expect("mesh lock")
+            .as_ref()
+            .is_none_or(Mesh::acting)
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.cluster_state
+            .lock()
+            .expect("state lock")
+            .get(key)
+            .map(<[u8]>::to_vec)
+    }
+
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let state = self.cluster_state.lock().expect("state lock");
+        state
+            .leader_entries(prefix)
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    fn publish(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        match self.mesh.lock().expect("mesh lock").as_ref() {
+            Some(mesh) => mesh
+                .publish_as_leader(key, value)
+                .map_err(|e| e.to_string()),
+            None => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.cluster_state
+                    .lock()
+                    .expect("state lock")
+                    .set_as_leader(key, value, 1, now)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 }

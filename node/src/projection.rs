@@ -1,15 +1,20 @@
 //! The proxy's pools as a projection of the replicated state.
 //!
-//! The acting leader publishes a pool's endpoints under `pool/<name>` (today through the admin
-//! API and `meshctl pool set`; the ECS poller will write the same keys). Every node overlays the
-//! entries of the current term on the pools of its configuration, and swaps its proxy table
-//! when they change. A pool without an entry keeps its configured endpoints.
+//! The acting leader publishes a pool's endpoints under `pool/<name>` (through the admin API
+//! and `meshctl pool set`) and each ECS service's endpoints under `ecs/svc/<service>` (the
+//! poller). Every node overlays them on the pools of its configuration, and swaps its proxy
+//! table when they change. A pool without an entry keeps its configured endpoints; an entry
+//! outlives the leader that wrote it (keep the last good state) until the next leader rewrites
+//! it. `pool/` entries win over ECS for the same pool (an operator's override).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use edgemesh_gossip::ClusterState;
 use edgemesh_proxy::{EndpointSpec, TableSpec};
+
+use crate::ecs::model::{self, EcsTarget, ServiceTopology};
+use crate::ecs::SERVICE_PREFIX;
 
 pub const POOL_PREFIX: &str = "pool/";
 
@@ -23,19 +28,42 @@ fn decode(bytes: &[u8]) -> Option<Vec<(SocketAddr, u32)>> {
         .map(|(v, _)| v)
 }
 
-/// Pool name -> endpoints, from the leader entries of the current term.
-pub fn published(state: &ClusterState) -> BTreeMap<String, Vec<EndpointSpec>> {
-    state
-        .current_term(POOL_PREFIX)
-        .filter_map(|(key, value)| {
-            let name = key.strip_prefix(POOL_PREFIX)?.to_string();
-            let endpoints = decode(value)?
+/// Pool name -> endpoints, from the leader's entries: ECS services for the pools that name
+/// one (`targets`), then `pool/<name>` overrides. A target that does not pick one port per
+/// task is skipped (its pool keeps what it has) and reported by the leader's status.
+pub fn published(
+    state: &ClusterState,
+    targets: &BTreeMap<String, EcsTarget>,
+) -> BTreeMap<String, Vec<EndpointSpec>> {
+    let mut out = BTreeMap::new();
+    for (pool, target) in targets {
+        let key = format!("{SERVICE_PREFIX}{}", target.service);
+        let Some(topo) = state
+            .leader_entries(&key)
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| model::decode::<ServiceTopology>(v))
+        else {
+            continue;
+        };
+        if let Ok(addrs) = target.select(&topo) {
+            let endpoints = addrs
                 .into_iter()
-                .map(|(addr, weight)| EndpointSpec { addr, weight })
+                .map(|addr| EndpointSpec { addr, weight: 1 })
                 .collect();
-            Some((name, endpoints))
-        })
-        .collect()
+            out.insert(pool.clone(), endpoints);
+        }
+    }
+    for (key, value) in state.leader_entries(POOL_PREFIX) {
+        let (Some(name), Some(v)) = (key.strip_prefix(POOL_PREFIX), decode(value)) else {
+            continue;
+        };
+        let endpoints = v
+            .into_iter()
+            .map(|(addr, weight)| EndpointSpec { addr, weight })
+            .collect();
+        out.insert(name.to_string(), endpoints);
+    }
+    out
 }
 
 /// The configured table with published pools overlaid.
@@ -79,7 +107,8 @@ mod tests {
         state
             .set_as_leader("pool/bad", b"\xff".to_vec(), 1, 1)
             .unwrap();
-        let table = project(&config, &published(&state));
+        let none = BTreeMap::new();
+        let table = project(&config, &published(&state, &none));
         assert_eq!(table.pools.len(), 1);
         assert_eq!(
             table.pools[0].endpoints,
@@ -89,8 +118,64 @@ mod tests {
             }]
         );
 
-        // A newer term without an entry for web: the old term's entry no longer counts.
+        // A newer leader that has not rewritten web yet: the last good entry still counts...
         state.set_as_leader("other", vec![], 2, 2).unwrap();
-        assert_eq!(project(&config, &published(&state)), config);
+        assert_eq!(project(&config, &published(&state, &none)), table);
+        // ...and an older term's late write cannot replace the newer term's.
+        state.set_as_leader("pool/web", encode(&[]), 2, 3).unwrap();
+        let mut late = ClusterState::new("deposed");
+        let stale = late
+            .set_as_leader("pool/web", encode(&[(fresh, 9)]), 1, 4)
+            .unwrap();
+        state.apply(stale);
+        assert!(published(&state, &none)["web"].is_empty());
+    }
+
+    #[test]
+    fn ecs_services_fill_the_pools_that_name_them() {
+        use crate::ecs::model::{encode as enc, EcsEndpoint};
+        let ep = |c: &str, port: u16, addr: &str| EcsEndpoint {
+            container: c.into(),
+            container_port: port,
+            addr: addr.parse().unwrap(),
+            task: "t".into(),
+        };
+        let mut state = ClusterState::new("leader");
+        let topo = ServiceTopology {
+            tasks: 2,
+            endpoints: vec![
+                ep("web", 80, "10.0.0.1:32768"),
+                ep("web", 80, "10.0.0.2:32769"),
+            ],
+        };
+        state
+            .set_as_leader("ecs/svc/web", enc(&topo), 1, 1)
+            .unwrap();
+        let two = ServiceTopology {
+            tasks: 1,
+            endpoints: vec![ep("a", 1, "10.0.0.3:1"), ep("b", 2, "10.0.0.3:2")],
+        };
+        state.set_as_leader("ecs/svc/two", enc(&two), 1, 1).unwrap();
+        let target = |service: &str| EcsTarget {
+            service: service.into(),
+            container: None,
+            port: None,
+        };
+        let targets: BTreeMap<String, EcsTarget> = [
+            ("front".to_string(), target("web")),
+            ("ambiguous".to_string(), target("two")),
+            ("unknown".to_string(), target("nope")),
+        ]
+        .into();
+        let p = published(&state, &targets);
+        assert_eq!(p["front"].len(), 2);
+        assert!(!p.contains_key("ambiguous"), "ambiguous: left as it was");
+        assert!(!p.contains_key("unknown"), "not polled yet: left as it was");
+        // An operator's pool/ entry overrides the ECS one.
+        let one: SocketAddr = "10.9.9.9:80".parse().unwrap();
+        state
+            .set_as_leader("pool/front", encode(&[(one, 1)]), 1, 2)
+            .unwrap();
+        assert_eq!(published(&state, &targets)["front"][0].addr, one);
     }
 }

@@ -54,6 +54,13 @@ enum Command {
     Leader,
     /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
     Keygen,
+    /// ECS topology: the leader's last poll (errors, API calls per minute), what each ECS pool
+    /// selects, and every service's tasks and endpoints.
+    Topology {
+        /// Print the node's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +84,141 @@ struct Status {
     certificates: Vec<Cert>,
     active_connections: u64,
     draining: bool,
+    ecs: Option<PollStatus>,
+}
+
+/// The leader's last ECS poll (node's `ecs::PollStatus`).
+#[derive(Deserialize)]
+struct PollStatus {
+    leader: String,
+    cluster: String,
+    at_ms: u64,
+    last_ok_ms: u64,
+    error: Option<String>,
+    services: u32,
+    tasks: u32,
+    endpoints: u32,
+    calls_last_minute: u32,
+    polls_ok: u64,
+    polls_failed: u64,
+    problems: Vec<String>,
+    next_poll_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct Topology {
+    status: Option<PollStatus>,
+    services: std::collections::BTreeMap<String, ServiceTopology>,
+    pools: Vec<EcsPool>,
+}
+
+#[derive(Deserialize)]
+struct ServiceTopology {
+    tasks: u32,
+    endpoints: Vec<EcsEndpoint>,
+}
+
+#[derive(Deserialize)]
+struct EcsEndpoint {
+    container: String,
+    container_port: u16,
+    addr: String,
+    task: String,
+}
+
+#[derive(Deserialize)]
+struct EcsPool {
+    pool: String,
+    service: String,
+    container: Option<String>,
+    port: Option<u16>,
+    endpoints: usize,
+    error: Option<String>,
+}
+
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if ms == 0 {
+        return "never".into();
+    }
+    if ms > now {
+        return format!("in {:.1} s", (ms - now) as f64 / 1000.0);
+    }
+    format!("{:.1} s ago", (now - ms) as f64 / 1000.0)
+}
+
+fn print_poll(p: &PollStatus) {
+    println!(
+        "ecs: cluster {} polled by {} {}; last good poll {}; next {}",
+        p.cluster,
+        p.leader,
+        ago(p.at_ms),
+        ago(p.last_ok_ms),
+        ago(p.next_poll_ms)
+    );
+    println!(
+        "ecs: {} services, {} tasks, {} endpoints; {} API calls in the last minute; polls {} ok, {} failed",
+        p.services, p.tasks, p.endpoints, p.calls_last_minute, p.polls_ok, p.polls_failed
+    );
+    if let Some(e) = &p.error {
+        println!("ecs: LAST POLL FAILED, routing by the last good topology: {e}");
+    }
+    for problem in &p.problems {
+        println!("ecs: {problem}");
+    }
+}
+
+fn print_topology(t: &Topology) {
+    match &t.status {
+        Some(p) => print_poll(p),
+        None => println!("ecs: no poll yet"),
+    }
+    println!();
+    let rows = t
+        .pools
+        .iter()
+        .map(|p| {
+            let select = match (&p.container, p.port) {
+                (Some(c), Some(port)) => format!("{c}:{port}"),
+                (Some(c), None) => c.clone(),
+                (None, Some(port)) => format!(":{port}"),
+                (None, None) => "-".into(),
+            };
+            vec![
+                p.pool.clone(),
+                p.service.clone(),
+                select,
+                p.endpoints.to_string(),
+                p.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["POOL", "SERVICE", "SELECT", "ENDPOINTS", "NOTE"], rows);
+    println!();
+    let mut rows = Vec::new();
+    for (name, s) in &t.services {
+        if s.endpoints.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                s.tasks.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for e in &s.endpoints {
+            rows.push(vec![
+                name.clone(),
+                s.tasks.to_string(),
+                e.task.clone(),
+                format!("{}:{}", e.container, e.container_port),
+                e.addr.clone(),
+            ]);
+        }
+    }
+    table(&["SERVICE", "TASKS", "TASK", "CONTAINER", "ENDPOINT"], rows);
 }
 
 #[derive(Deserialize)]
@@ -260,6 +402,17 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_status(&status);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Topology { json } => {
+            let body = request(&cli.addr, "GET", "/topology").await?.1;
+            if *json {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let t: Topology = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected topology answer from {}: {e}", cli.addr))?;
+            print_topology(&t);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Members { json } => {
             let (code, body) = request(&cli.addr, "GET", "/members").await?;
             if code != 200 || *json {
@@ -429,6 +582,9 @@ fn print_status(s: &Status) {
             m.sync_rounds_failed
         ),
         None => println!("mesh: none (single node)"),
+    }
+    if let Some(p) = &s.ecs {
+        print_poll(p);
     }
     if let Some(r) = &s.config.last_reload {
         match (&r.ok, &r.error) {

@@ -61,6 +61,25 @@ struct RawConfig {
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
     gossip: Option<RawGossip>,
+    ecs: Option<RawEcs>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEcs {
+    /// `AWS_CLUSTER_NAME` wins.
+    cluster: Option<String>,
+    /// `AWS_REGION` wins; else the SDK's chain (profile, instance metadata).
+    region: Option<String>,
+    poll_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEcsTarget {
+    service: String,
+    container: Option<String>,
+    port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +187,8 @@ struct RawPool {
     balance: RawBalance,
     #[serde(default)]
     endpoints: Vec<RawEndpoint>,
+    /// Endpoints from an ECS service's running tasks instead of a fixed list.
+    ecs: Option<RawEcsTarget>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -203,6 +224,10 @@ pub struct Config {
     pub tls_hosts: Vec<String>,
     /// Mesh settings; `None` runs a single node.
     pub gossip: Option<GossipConfig>,
+    /// ECS polling, when a pool names an ECS service or `[ecs]` is present.
+    pub ecs: Option<crate::ecs::EcsSettings>,
+    /// Pool name -> the ECS service it routes to.
+    pub ecs_targets: BTreeMap<String, crate::ecs::model::EcsTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -308,7 +333,30 @@ pub fn parse(
 
     // pools
     let mut pools = Vec::new();
+    let mut ecs_targets = BTreeMap::new();
     for (name, p) in &raw.pools {
+        if let Some(t) = &p.ecs {
+            if !p.endpoints.is_empty() {
+                return Err(err(
+                    &format!("pools.{name}.ecs"),
+                    "a pool takes `endpoints` or `ecs`, not both".into(),
+                ));
+            }
+            if t.service.trim().is_empty() {
+                return Err(err(
+                    &format!("pools.{name}.ecs.service"),
+                    "must not be empty".into(),
+                ));
+            }
+            ecs_targets.insert(
+                name.clone(),
+                crate::ecs::model::EcsTarget {
+                    service: t.service.trim().to_string(),
+                    container: t.container.clone(),
+                    port: t.port,
+                },
+            );
+        }
         let mut endpoints = Vec::new();
         for (i, e) in p.endpoints.iter().enumerate() {
             let key = format!("pools.{name}.endpoints[{i}]");
@@ -473,6 +521,7 @@ pub fn parse(
         Some(g) => Some(gossip_config(g, path, &err, &env_err, env)?),
     };
 
+    let ecs = ecs_settings(&raw, &ecs_targets, &err, env)?;
     Ok(Config {
         file: path.to_path_buf(),
         data_dir,
@@ -491,7 +540,48 @@ pub fn parse(
         },
         tls_hosts,
         gossip,
+        ecs,
+        ecs_targets,
     })
+}
+
+fn ecs_settings(
+    raw: &RawConfig,
+    targets: &BTreeMap<String, crate::ecs::model::EcsTarget>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::ecs::EcsSettings>, ConfigError> {
+    if raw.ecs.is_none() && targets.is_empty() {
+        return Ok(None);
+    }
+    let e = raw.ecs.as_ref();
+    let cluster = env("AWS_CLUSTER_NAME")
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| e.and_then(|e| e.cluster.clone()))
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
+    let Some(cluster) = cluster else {
+        let key = match targets.keys().next() {
+            Some(pool) if e.is_none() => format!("pools.{pool}.ecs"),
+            _ => "ecs.cluster".to_string(),
+        };
+        return Err(err(
+            &key,
+            "no ECS cluster: set [ecs] cluster or AWS_CLUSTER_NAME".into(),
+        ));
+    };
+    let secs = e.and_then(|e| e.poll_interval_secs).unwrap_or(10);
+    if !(1..=3600).contains(&secs) {
+        return Err(err(
+            "ecs.poll_interval_secs",
+            format!("{secs} is outside 1..=3600"),
+        ));
+    }
+    Ok(Some(crate::ecs::EcsSettings {
+        cluster,
+        region: env("AWS_REGION").or_else(|| e.and_then(|e| e.region.clone())),
+        poll_interval: Duration::from_secs(secs),
+    }))
 }
 
 fn gossip_config(

@@ -278,3 +278,72 @@ fn gossip_errors_name_the_key_or_variable() {
     .unwrap_err();
     assert_eq!(e.key.as_deref(), Some("gossip.key_file"), "{e}");
 }
+
+#[test]
+fn ecs_pools_and_settings() {
+    let src = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\necs = { service = \"sftp\", container = \"sftpd\", port = 22 }\n\n[ecs]\ncluster = \"edge\"\nregion = \"eu-west-1\"",
+    );
+    let c = parse_str(&src).unwrap();
+    let ecs = c.ecs.unwrap();
+    assert_eq!(
+        (ecs.cluster.as_str(), ecs.region.as_deref()),
+        ("edge", Some("eu-west-1"))
+    );
+    assert_eq!(ecs.poll_interval, Duration::from_secs(10));
+    let t = &c.ecs_targets["files"];
+    assert_eq!(
+        (t.service.as_str(), t.container.as_deref(), t.port),
+        ("sftp", Some("sftpd"), Some(22))
+    );
+    // The environment names the cluster and region, as on an ECS host.
+    let env = |k: &str| match k {
+        "AWS_CLUSTER_NAME" => Some("prod".to_string()),
+        "AWS_REGION" => Some("us-east-2".to_string()),
+        _ => None,
+    };
+    let c = parse(Path::new("edge.toml"), &src, &env).unwrap();
+    let ecs = c.ecs.unwrap();
+    assert_eq!(
+        (ecs.cluster.as_str(), ecs.region.as_deref()),
+        ("prod", Some("us-east-2"))
+    );
+    // Without ECS pools or [ecs], no poller.
+    assert!(parse_str(GOOD).unwrap().ecs.is_none());
+}
+
+#[test]
+fn ecs_errors_name_the_key() {
+    let target = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\necs = { service = \"sftp\" }",
+    );
+    let e = error_of(&target).to_string();
+    assert!(
+        e.contains("pools.files.ecs") && e.contains("AWS_CLUSTER_NAME"),
+        "{e}"
+    );
+    let both = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\nendpoints = [\"127.0.0.1:1\"]\necs = { service = \"sftp\" }\n[ecs]\ncluster = \"c\"",
+    );
+    let e = error_of(&both).to_string();
+    assert!(
+        e.contains("pools.files.ecs") && e.contains("not both"),
+        "{e}"
+    );
+    let interval = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\nendpoints = []\n[ecs]\ncluster = \"c\"\npoll_interval_secs = 0",
+    );
+    let e = error_of(&interval).to_string();
+    assert!(e.contains("ecs.poll_interval_secs"), "{e}");
+    let typo = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\necs = { servce = \"sftp\" }",
+    );
+    let e = error_of(&typo);
+    assert!(e.to_string().contains("servce"), "{e}");
+    assert!(e.line.is_some(), "{e}");
+}

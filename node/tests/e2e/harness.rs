@@ -129,11 +129,12 @@ impl Drop for Node {
     }
 }
 
-fn spawn_edgemesh(config: &Path, dir: &Path) -> Child {
+fn spawn_edgemesh(config: &Path, dir: &Path, env: &[(&str, String)]) -> Child {
     let log = std::fs::File::create(dir.join("edgemesh.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_edgemesh"))
         .arg("--config")
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "EDGEMESH_LOG",
             "debug,hyper=info,hyper_util=info,rustls=info",
@@ -166,6 +167,11 @@ fn render(
 /// `{gossip}` and `{sync}`,
 /// writes the config, spawns the process and waits until the admin API answers.
 pub async fn node(template: &str, vars: &[(&str, String)]) -> Node {
+    node_env(template, vars, &[]).await
+}
+
+/// [`node`] with extra environment variables for the process.
+pub async fn node_env(template: &str, vars: &[(&str, String)], env: &[(&str, String)]) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let ports: HashMap<&'static str, u16> =
         ["http", "https", "tcp", "tcp2", "admin", "gossip", "sync"]
@@ -175,7 +181,7 @@ pub async fn node(template: &str, vars: &[(&str, String)]) -> Node {
     let config = dir.path().join("edgemesh.toml");
     std::fs::write(&config, render(template, dir.path(), &ports, vars)).unwrap();
     let mut n = Node {
-        child: spawn_edgemesh(&config, dir.path()),
+        child: spawn_edgemesh(&config, dir.path(), env),
         dir,
         config,
         ports,
@@ -314,11 +320,21 @@ pub struct Backend {
 }
 
 pub async fn backend(name: &'static str) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_at(name, "127.0.0.1:0".parse().unwrap()).await.0
+}
+
+/// A backend on `addr`; aborting the handle closes its listener (new connections are refused).
+pub async fn backend_at(
+    name: &'static str,
+    addr: SocketAddr,
+) -> (Backend, tokio::task::AbortHandle) {
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("backend on {addr}: {e}"));
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
@@ -333,7 +349,7 @@ pub async fn backend(name: &'static str) -> Backend {
             });
         }
     });
-    Backend { addr, requests }
+    (Backend { addr, requests }, task.abort_handle())
 }
 
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;

@@ -1,0 +1,858 @@
+//! ECS topology against a real AWS API emulator: `moto_server` (started by
+//! `scripts/moto_ecs.py` with its ECS fidelity patches), reached by the real SDK through
+//! `AWS_ENDPOINT_URL`, and real backends on the loopback addresses the fixture registered.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::types::{
+    AwsVpcConfiguration, ContainerDefinition, NetworkConfiguration, NetworkMode, PortMapping,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::harness::{self, Node};
+
+/// `moto_server` with edgemesh's ECS patches; killed on drop.
+pub struct Moto {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = harness::free_port();
+        let log = dir.path().join("requests.log");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/moto_ecs.py");
+        let out = std::fs::File::create(dir.path().join("moto.out")).unwrap();
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg("--log")
+            .arg(&log)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3 for moto_server (scripts/test.sh installs moto[server])");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start: {}",
+                std::fs::read_to_string(dir.path().join("moto.out")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Moto {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Requests so far, by "service Action".
+    pub fn calls(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for line in std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+        {
+            *out.entry(line.to_string()).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn count(&self, call: &str) -> usize {
+        self.calls().get(call).copied().unwrap_or(0)
+    }
+
+    /// Forgets the requests logged so far.
+    pub fn clear(&self) {
+        std::fs::write(&self.log, "").unwrap();
+    }
+}
+
+/// Environment for an edgemesh process (or the fixture's SDK) talking to `endpoint`.
+pub fn aws_env(endpoint: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", format!("http://{endpoint}")),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+/// A fault-injecting HTTP proxy in front of the emulator: passes requests through, or answers
+/// ECS throttling errors or 500s.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    pub faults: Arc<AtomicUsize>,
+}
+
+pub const PASS: u8 = 0;
+pub const THROTTLE: u8 = 1;
+pub const FAIL_500: u8 = 2;
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let faults = Arc::new(AtomicUsize::new(0));
+        let (m, f) = (mode.clone(), faults.clone());
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (m, f, client) = (m.clone(), f.clone(), client.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (m, f, client) = (m.clone(), f.clone(), client.clone());
+                        async move {
+                            let reply = |status: u16, kind: &str| {
+                                f.fetch_add(1, Ordering::Relaxed);
+                                let body = format!(
+                                    r#"{{"__type":"{kind}","message":"injected by the test"}}"#
+                                );
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/x-amz-json-1.1")
+                                    .header("x-amzn-errortype", kind)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap()
+                            };
+                            match m.load(Ordering::Relaxed) {
+                                THROTTLE => {
+                                    return Ok::<_, hyper::Error>(reply(400, "ThrottlingException"))
+                                }
+                                FAIL_500 => return Ok(reply(500, "ServerException")),
+                                _ => {}
+                            }
+                            let (mut parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let path = parts
+                                .uri
+                                .path_and_query()
+                                .map_or("/", |p| p.as_str())
+                                .to_string();
+                            parts.uri = format!("http://{upstream}{path}").parse().unwrap();
+                            let resp = client
+                                .request(hyper::Request::from_parts(parts, Full::new(body)))
+                                .await
+                                .expect("emulator reachable");
+                            let (parts, body) = resp.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            Ok(hyper::Response::from_parts(parts, Full::new(body)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { addr, mode, faults }
+    }
+
+    pub fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::Relaxed);
+    }
+}
+
+pub struct Aws {
+    pub ecs: aws_sdk_ecs::Client,
+    pub ec2: aws_sdk_ec2::Client,
+    /// The container instance's address (each test its own, so tests run side by side).
+    host: String,
+}
+
+impl Aws {
+    pub async fn new(endpoint: SocketAddr, host: &str) -> Aws {
+        let creds = aws_sdk_ecs::config::Credentials::new("testing", "testing", None, None, "test");
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(format!("http://{endpoint}"))
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .load()
+            .await;
+        Aws {
+            ecs: aws_sdk_ecs::Client::new(&conf),
+            ec2: aws_sdk_ec2::Client::new(&conf),
+            host: host.to_string(),
+        }
+    }
+
+    /// A cluster `edge` with one EC2 container instance at `host` (bridge and host tasks)
+    /// and a subnet 127.0.1.0/24 for awsvpc tasks. Returns (subnet, security group).
+    pub async fn cluster(&self) -> (String, String) {
+        let vpc = self
+            .ec2
+            .create_vpc()
+            .cidr_block("127.0.0.0/16")
+            .send()
+            .await
+            .unwrap();
+        let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+        let subnet = |cidr: &'static str| {
+            let vpc = vpc.clone();
+            async move {
+                let s = self
+                    .ec2
+                    .create_subnet()
+                    .vpc_id(vpc)
+                    .cidr_block(cidr)
+                    .send()
+                    .await
+                    .unwrap();
+                s.subnet().unwrap().subnet_id().unwrap().to_string()
+            }
+        };
+        let hosts = subnet("127.0.0.0/24").await;
+        let tasks = subnet("127.0.1.0/24").await;
+        let sg = self
+            .ec2
+            .create_security_group()
+            .group_name("edge")
+            .description("edge tasks")
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap();
+        let sg = sg.group_id().unwrap().to_string();
+        let inst = self
+            .ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(hosts)
+            .private_ip_address(&self.host)
+            .send()
+            .await
+            .unwrap();
+        let id = inst.instances()[0].instance_id().unwrap().to_string();
+        self.ecs
+            .create_cluster()
+            .cluster_name("edge")
+            .send()
+            .await
+            .unwrap();
+        self.ecs
+            .register_container_instance()
+            .cluster("edge")
+            .instance_identity_document(format!(r#"{{"instanceId":"{id}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        (tasks, sg)
+    }
+
+    pub async fn task_def(
+        &self,
+        family: &str,
+        mode: NetworkMode,
+        containers: &[(&str, u16)],
+    ) -> String {
+        let mut req = self
+            .ecs
+            .register_task_definition()
+            .family(family)
+            .network_mode(mode);
+        for (name, port) in containers {
+            req = req.container_definitions(
+                ContainerDefinition::builder()
+                    .name(*name)
+                    .image("example/app")
+                    .memory(64)
+                    .port_mappings(
+                        PortMapping::builder()
+                            .container_port(i32::from(*port))
+                            .host_port(0)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = req.send().await.unwrap();
+        out.task_definition()
+            .unwrap()
+            .task_definition_arn()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn service(&self, name: &str, td: &str, count: i32, awsvpc: Option<(&str, &str)>) {
+        let mut req = self
+            .ecs
+            .create_service()
+            .cluster("edge")
+            .service_name(name)
+            .task_definition(td)
+            .desired_count(count);
+        if let Some((subnet, sg)) = awsvpc {
+            req = req.network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(
+                        AwsVpcConfiguration::builder()
+                            .subnets(subnet)
+                            .security_groups(sg)
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            );
+        }
+        req.send().await.unwrap();
+    }
+
+    /// The service's running tasks: task id -> the address of `container`'s `port` (ENI address
+    /// for awsvpc, instance address and bound host port for bridge).
+    pub async fn endpoints(
+        &self,
+        service: &str,
+        container: &str,
+        port: u16,
+    ) -> BTreeMap<String, SocketAddr> {
+        let arns = self
+            .ecs
+            .list_tasks()
+            .cluster("edge")
+            .service_name(service)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .send()
+            .await
+            .unwrap();
+        let arns = arns.task_arns().to_vec();
+        if arns.is_empty() {
+            return BTreeMap::new();
+        }
+        let tasks = self
+            .ecs
+            .describe_tasks()
+            .cluster("edge")
+            .set_tasks(Some(arns))
+            .send()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for t in tasks.tasks() {
+            let id = t
+                .task_arn()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string();
+            let eni = t
+                .attachments()
+                .iter()
+                .flat_map(|a| a.details())
+                .find(|d| d.name() == Some("privateIPv4Address"))
+                .and_then(|d| d.value().map(str::to_string));
+            let addr = match eni {
+                Some(ip) => format!("{ip}:{port}"),
+                None => {
+                    let c = t
+                        .containers()
+                        .iter()
+                        .find(|c| c.name() == Some(container))
+                        .unwrap();
+                    let b = c
+                        .network_bindings()
+                        .iter()
+                        .find(|b| b.container_port() == Some(i32::from(port)))
+                        .unwrap();
+                    format!("{}:{}", self.host, b.host_port().unwrap())
+                }
+            };
+            out.insert(id, addr.parse().unwrap());
+        }
+        out
+    }
+
+    pub async fn scale(&self, service: &str, count: i32) {
+        self.ecs
+            .update_service()
+            .cluster("edge")
+            .service(service)
+            .desired_count(count)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn deploy(&self, service: &str, td: &str) {
+        self.ecs
+            .update_service()
+            .cluster("edge")
+            .service(service)
+            .task_definition(td)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// Backends for tasks, started and stopped as ECS starts and stops the tasks.
+#[derive(Default)]
+pub struct Tasks {
+    live: BTreeMap<String, (harness::Backend, tokio::task::AbortHandle)>,
+}
+
+impl Tasks {
+    /// Starts a backend for every task in `endpoints` that has none; returns the new ids.
+    pub async fn follow(&mut self, endpoints: &BTreeMap<String, SocketAddr>) -> Vec<String> {
+        let mut new = Vec::new();
+        for (id, addr) in endpoints {
+            if !self.live.contains_key(id) {
+                let name: &'static str = Box::leak(id.clone().into_boxed_str());
+                self.live
+                    .insert(id.clone(), harness::backend_at(name, *addr).await);
+                new.push(id.clone());
+            }
+        }
+        new
+    }
+
+    /// Stops the backends of tasks no longer in `endpoints` (after the drain a deregistration
+    /// delay would give them); returns their ids.
+    pub fn reap(&mut self, endpoints: &BTreeMap<String, SocketAddr>) -> Vec<String> {
+        let gone: Vec<String> = self
+            .live
+            .keys()
+            .filter(|id| !endpoints.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.live.remove(id).unwrap().1.abort();
+        }
+        gone
+    }
+}
+
+const TEMPLATE: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[ecs]
+cluster = "edge"
+poll_interval_secs = 1
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{http}"
+kind = "http"
+
+[[routes]]
+hosts = ["web.test"]
+pool = "web"
+tls = false
+
+[[routes]]
+hosts = ["api.test"]
+pool = "api"
+tls = false
+
+[[routes]]
+hosts = ["both.test"]
+pool = "both"
+tls = false
+
+[pools.web]
+ecs = { service = "web", container = "web", port = 8080 }
+
+[pools.api]
+ecs = { service = "api" }
+
+# Ambiguous: the web tasks expose web:8080 and side:9000.
+[pools.both]
+ecs = { service = "web" }
+"#;
+
+/// The backends (task ids) that answered `host` in `n` requests.
+async fn answered(node: &Node, host: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        if let Ok((200, body)) =
+            harness::http_request_host(&node.addr("http").to_string(), "GET", "/", Some(host)).await
+        {
+            let id = body
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// Waits until requests for `host` reach exactly the tasks in `want`; returns how long it took.
+async fn wait_routes(
+    node: &Node,
+    host: &str,
+    want: &BTreeMap<String, SocketAddr>,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen = answered(node, host, 3 * want.len().max(1) + 3).await;
+        if seen.keys().eq(want.keys()) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{host}: answered by {:?}, want {:?}\n{}",
+            seen.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Requests `host` continuously until stopped; counts answers that are not 200.
+fn load(
+    node: &Node,
+    host: &'static str,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(usize, usize)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = node.addr("http").to_string();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !s.load(Ordering::Relaxed) {
+            match harness::http_request_host(&addr, "GET", "/", Some(host)).await {
+                Ok((200, _)) => ok += 1,
+                other => {
+                    eprintln!("failed request to {host}: {other:?}");
+                    failed += 1
+                }
+            }
+        }
+        (ok, failed)
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_faults() {
+    let moto = Moto::start().await;
+    let aws = Aws::new(moto.addr, "127.0.0.2").await;
+    let (subnet, sg) = aws.cluster().await;
+    let web_td = aws
+        .task_def("web", NetworkMode::Bridge, &[("web", 8080), ("side", 9000)])
+        .await;
+    let api_td = aws
+        .task_def("api", NetworkMode::Awsvpc, &[("api", 7000)])
+        .await;
+    aws.service("web", &web_td, 2, None).await;
+    aws.service("api", &api_td, 2, Some((&subnet, &sg))).await;
+
+    let mut web_tasks = Tasks::default();
+    let mut api_tasks = Tasks::default();
+    let mut web = aws.endpoints("web", "web", 8080).await;
+    let api = aws.endpoints("api", "api", 7000).await;
+    assert_eq!((web.len(), api.len()), (2, 2));
+    assert!(
+        api.values()
+            .all(|a| a.ip().to_string().starts_with("127.0.1.")),
+        "{api:?}"
+    );
+    web_tasks.follow(&web).await;
+    api_tasks.follow(&api).await;
+
+    let faults = FaultProxy::start(moto.addr).await;
+    let node = harness::node_env(TEMPLATE, &[], &aws_env(faults.addr)).await;
+    let took = wait_routes(&node, "web.test", &web, Duration::from_secs(15)).await;
+    eprintln!("bridge service routed {took:?} after start");
+    wait_routes(&node, "api.test", &api, Duration::from_secs(5)).await;
+
+    // The ambiguous pool is reported, not guessed; it stays empty (503).
+    let (code, out, _) = harness::run(
+        env!("CARGO_BIN_EXE_meshctl"),
+        &["--addr", &node.admin(), "topology"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("several ports (side:9000, web:8080)"), "{out}");
+    assert!(out.contains("ecs: cluster edge polled by local"), "{out}");
+    let (status, _) = harness::http_request_host(
+        &node.addr("http").to_string(),
+        "GET",
+        "/",
+        Some("both.test"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 503);
+
+    // Scale up, scale down and a rolling deploy under continuous load: every change is
+    // followed within one poll period plus a second, and no request fails.
+    let (stop, loader) = load(&node, "web.test");
+    aws.scale("web", 3).await;
+    web = aws.endpoints("web", "web", 8080).await;
+    web_tasks.follow(&web).await;
+    let took = wait_routes(&node, "web.test", &web, Duration::from_secs(2)).await;
+    eprintln!("scale 2 -> 3 followed in {took:?}");
+
+    aws.scale("web", 1).await;
+    web = aws.endpoints("web", "web", 8080).await;
+    let took = wait_routes(&node, "web.test", &web, Duration::from_secs(2)).await;
+    eprintln!("scale 3 -> 1 followed in {took:?}");
+    web_tasks.reap(&web);
+
+    let web_v2 = aws
+        .task_def("web", NetworkMode::Bridge, &[("web", 8080), ("side", 9000)])
+        .await;
+    assert!(web_v2.ends_with(":2"), "{web_v2}");
+    aws.deploy("web", &web_v2).await;
+    web = aws.endpoints("web", "web", 8080).await;
+    assert_eq!(web_tasks.follow(&web).await.len(), 1, "one new task");
+    let took = wait_routes(&node, "web.test", &web, Duration::from_secs(2)).await;
+    eprintln!("deploy of revision 2 followed in {took:?}");
+    assert_eq!(web_tasks.reap(&web).len(), 1, "the old task is gone");
+
+    // API faults: throttling, then 500s. The last good topology keeps serving, the error
+    // shows in meshctl status and the metrics, and polling backs off.
+    for mode in [THROTTLE, FAIL_500] {
+        faults.set(mode);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = node.status().await;
+            if s["ecs"]["error"].is_string() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no poll error shown: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, out, _) = harness::run(
+            env!("CARGO_BIN_EXE_meshctl"),
+            &["--addr", &node.admin(), "status"],
+        );
+        let expect = if mode == THROTTLE {
+            "ThrottlingException"
+        } else {
+            "ServerException"
+        };
+        assert!(
+            out.contains("LAST POLL FAILED") && out.contains(expect),
+            "{out}"
+        );
+        assert_eq!(
+            answered(&node, "web.test", 5)
+                .await
+                .keys()
+                .collect::<Vec<_>>(),
+            web.keys().collect::<Vec<_>>()
+        );
+        faults.set(PASS);
+        // Recovery is automatic: a change made meanwhile arrives after the back-off.
+        aws.scale("web", 2).await;
+        web = aws.endpoints("web", "web", 8080).await;
+        web_tasks.follow(&web).await;
+        wait_routes(&node, "web.test", &web, Duration::from_secs(30)).await;
+        aws.scale("web", 1).await;
+        web = aws.endpoints("web", "web", 8080).await;
+        wait_routes(&node, "web.test", &web, Duration::from_secs(5)).await;
+        web_tasks.reap(&web);
+    }
+    assert!(faults.faults.load(Ordering::Relaxed) > 0);
+    let metrics = harness::http_get(&node.admin(), "/metrics")
+        .await
+        .unwrap()
+        .1;
+    let failed = metrics
+        .lines()
+        .find(|l| l.starts_with("edgemesh_ecs_polls_total{result=\"failed\"}"))
+        .unwrap_or_else(|| panic!("no failed-poll counter:\n{metrics}"));
+    assert!(!failed.ends_with(" 0"), "{failed}");
+    assert!(
+        metrics.contains("edgemesh_ecs_api_calls_total{call=\"ecs:ListTasks\",result=\"failed\"}")
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = loader.await.unwrap();
+    eprintln!("continuous load on web.test: {ok} ok, {failed} failed");
+    assert!(ok > 100, "{ok}");
+    assert_eq!(failed, 0, "requests failed while tasks changed");
+
+    // Cached task definitions and container instances: described once each, not per poll.
+    let calls = moto.calls();
+    eprintln!("emulator calls: {calls:?}");
+    // (DescribeTaskDefinition, DescribeContainerInstances and DescribeInstances come from
+    // the poller only; the fixture registers and lists.)
+    assert_eq!(
+        calls["ecs DescribeTaskDefinition"], 3,
+        "one per revision: {calls:?}"
+    );
+    assert_eq!(calls["ecs DescribeContainerInstances"], 1, "{calls:?}");
+    assert_eq!(calls["ec2 DescribeInstances"], 1, "{calls:?}");
+}
+
+/// The id of the node that acts as leader, or "".
+async fn acting_leader(nodes: &[(String, Option<Node>)]) -> String {
+    for n in nodes.iter().filter_map(|(_, n)| n.as_ref()) {
+        let s = n.status().await;
+        if s["mesh"]["election"]["acting"] == true {
+            return s["mesh"]["me"]["id"].as_str().unwrap().to_string();
+        }
+    }
+    String::new()
+}
+
+const MESH_TEMPLATE: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[gossip]
+bind = "127.0.0.1:{gossip}"
+sync_port = {sync}
+sync_interval_secs = 1
+node_id = "{id}"
+seeds = [{seeds}]
+key_file = "{keyfile}"
+probe_period_ms = 200
+probe_rtt_ms = 100
+suspect_to_down_ms = 1000
+expected_cluster_size = 5
+bootstrap_expect = 3
+
+[ecs]
+cluster = "edge"
+poll_interval_secs = 1
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{http}"
+kind = "http"
+
+[[routes]]
+hosts = ["web.test"]
+pool = "web"
+tls = false
+
+[pools.web]
+ecs = { service = "web" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_one_poller_and_the_next_leader_resumes() {
+    let moto = Moto::start().await;
+    let aws = Aws::new(moto.addr, "127.0.0.3").await;
+    aws.cluster().await;
+    let td = aws
+        .task_def("web", NetworkMode::Bridge, &[("web", 8080)])
+        .await;
+    aws.service("web", &td, 2, None).await;
+    let mut web = aws.endpoints("web", "web", 8080).await;
+    let mut tasks = Tasks::default();
+    tasks.follow(&web).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    let (code, out, _) = harness::run(env!("CARGO_BIN_EXE_meshctl"), &["keygen"]);
+    assert_eq!(code, 0);
+    std::fs::write(&key, out).unwrap();
+    let env = aws_env(moto.addr);
+    let mut nodes: Vec<(String, Option<Node>)> = Vec::new();
+    let mut seed = String::new();
+    for i in 0..5 {
+        let id = format!("e{i}");
+        let vars = [
+            ("id", id.clone()),
+            ("seeds", seed.clone()),
+            ("keyfile", key.display().to_string()),
+        ];
+        let n = harness::node_env(MESH_TEMPLATE, &vars, &env).await;
+        if i == 0 {
+            seed = format!("\"127.0.0.1:{}\"", n.port("gossip"));
+        }
+        nodes.push((id, Some(n)));
+    }
+    for (_, n) in &nodes {
+        wait_routes(
+            n.as_ref().unwrap(),
+            "web.test",
+            &web,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    // One poller for the mesh: over 5 s the emulator sees one node's worth of ListTasks.
+    moto.clear();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let polls = moto.count("ecs ListTasks");
+    eprintln!("5 nodes, 5 s at a 1 s interval: {polls} ListTasks calls");
+    assert!(
+        (3..=7).contains(&polls),
+        "one poller expected, saw {polls} ListTasks in 5 s"
+    );
+    let first = acting_leader(&nodes).await;
+    assert!(!first.is_empty());
+    for (_, n) in &nodes {
+        let s = n.as_ref().unwrap().status().await;
+        assert_eq!(
+            s["ecs"]["leader"],
+            first.as_str(),
+            "every node shows the leader's poll"
+        );
+    }
+
+    // Kill the leader: the others keep routing by the last snapshot, the next leader resumes
+    // polling and follows a change.
+    let i = nodes.iter().position(|(id, _)| *id == first).unwrap();
+    let mut dead = nodes[i].1.take().unwrap();
+    dead.child.kill().unwrap();
+    let _ = dead.child.wait();
+    let alive: Vec<&Node> = nodes.iter().filter_map(|(_, n)| n.as_ref()).collect();
+    assert_eq!(
+        answered(alive[0], "web.test", 4).await.len(),
+        2,
+        "last snapshot still routes"
+    );
+    aws.scale("web", 3).await;
+    web = aws.endpoints("web", "web", 8080).await;
+    tasks.follow(&web).await;
+    for n in &alive {
+        let took = wait_routes(n, "web.test", &web, Duration::from_secs(20)).await;
+        eprintln!("after the leader's death, scale-up reached a node in {took:?}");
+    }
+    let next = acting_leader(&nodes).await;
+    assert!(!next.is_empty() && next != first, "{next} after {first}");
+}
