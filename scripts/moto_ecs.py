@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import sys
 import threading
+import time
 
 from moto.ec2.models import ec2_backends
 from moto.ecs import models as ecs
@@ -217,6 +218,27 @@ def list_tasks(self, cluster_str=None, container_instance=None, family=None,
     return tasks
 
 
+from moto.ecs.responses import EC2ContainerServiceResponse
+from moto.core.responses import ActionResult
+
+_orig_list_tasks_response = EC2ContainerServiceResponse.list_tasks
+
+
+def list_tasks_response(self):
+    # ECS: ListTasks answers at most maxResults (default and maximum 100) ARNs per page with a
+    # nextToken (moto: every task in one answer), so pollers make one call per 100 tasks.
+    result = _orig_list_tasks_response(self)
+    arns = result.result["taskArns"]
+    size = min(int(self._get_param("maxResults") or 100), 100)
+    start = int(self._get_param("nextToken") or 0)
+    page = {"taskArns": arns[start : start + size]}
+    if start + size < len(arns):
+        page["nextToken"] = str(start + size)
+    return ActionResult(page)
+
+
+EC2ContainerServiceResponse.list_tasks = list_tasks_response
+
 ecs.EC2ContainerServiceBackend.create_service = create_service
 ecs.EC2ContainerServiceBackend.update_service = update_service
 ecs.EC2ContainerServiceBackend.delete_service = delete_service
@@ -224,7 +246,7 @@ ecs.EC2ContainerServiceBackend.list_tasks = list_tasks
 
 
 def _request_log(path):
-    """WSGI middleware appending "service Action" per request to `path`."""
+    """WSGI middleware appending "service Action unix-time" per request to `path`."""
     from moto.server import DomainDispatcherApplication
 
     orig = DomainDispatcherApplication.__call__
@@ -256,7 +278,7 @@ def _request_log(path):
         if action and svc == "other" and "ec2" in environ.get("HTTP_AUTHORIZATION", ""):
             svc = "ec2"
         with lock:
-            out.write(f"{svc} {action or environ.get('PATH_INFO', '')}\n")
+            out.write(f"{svc} {action or environ.get('PATH_INFO', '')} {time.time():.3f}\n")
         return orig(self, environ, start_response)
 
     DomainDispatcherApplication.__call__ = call

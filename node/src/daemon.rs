@@ -75,6 +75,9 @@ pub struct Daemon {
     /// are projected from.
     cluster_state: Arc<Mutex<ClusterState>>,
     ecs_metrics: crate::ecs::EcsMetrics,
+    /// DNS-discovered pools (each node resolves for itself).
+    dns: Mutex<BTreeMap<String, crate::dns::DnsPoolStatus>>,
+    dns_endpoints: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
     /// The published pools last applied to the proxy.
     published: Mutex<BTreeMap<String, Vec<EndpointSpec>>>,
     gossip_packets: Family<PacketLabel, Counter>,
@@ -264,6 +267,8 @@ impl Daemon {
             proxy,
             cluster_state,
             ecs_metrics,
+            dns: Mutex::new(BTreeMap::new()),
+            dns_endpoints: Mutex::new(BTreeMap::new()),
             published: Mutex::new(BTreeMap::new()),
             mesh: Mutex::new(mesh),
             gossip_packets,
@@ -367,10 +372,20 @@ impl Daemon {
     /// Applies pool changes published in the mesh, if any. Called every 250 ms.
     async fn project_pools(&self) {
         let current = self.current.lock().await;
-        let published = projection::published(
+        let mut published = projection::published(
             &self.cluster_state.lock().expect("state lock"),
             &current.0.ecs_targets,
         );
+        for (pool, addrs) in self.dns_endpoints.lock().expect("dns lock").iter() {
+            if current.0.dns_targets.contains_key(pool) {
+                published.entry(pool.clone()).or_insert_with(|| {
+                    addrs
+                        .iter()
+                        .map(|&addr| EndpointSpec { addr, weight: 1 })
+                        .collect()
+                });
+            }
+        }
         if *self.published.lock().expect("published lock") == published {
             return;
         }
@@ -384,6 +399,7 @@ impl Daemon {
     pub async fn topology_json(&self) -> serde_json::Value {
         use crate::ecs::model::{decode, ServiceTopology};
         let targets = self.current.lock().await.0.ecs_targets.clone();
+        let dns = self.dns_status();
         let state = self.cluster_state.lock().expect("state lock");
         let status = state
             .get(crate::ecs::STATUS_KEY)
@@ -412,7 +428,35 @@ impl Daemon {
                 })
             })
             .collect();
-        serde_json::json!({ "status": status, "services": services, "pools": pools })
+        serde_json::json!({ "status": status, "services": services, "pools": pools, "dns": dns })
+    }
+
+    /// Resolves the configuration's DNS pools as their answers expire, forever.
+    async fn run_dns(self: Arc<Self>) {
+        let servers = self.current.lock().await.0.dns_servers.clone();
+        let resolver = match crate::dns::resolver(&servers) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "no DNS resolver: DNS pools keep their configured endpoints");
+                return;
+            }
+        };
+        let mut dns = crate::dns::DnsPools::default();
+        loop {
+            let targets = self.current.lock().await.0.dns_targets.clone();
+            if !targets.is_empty() || !dns.status().is_empty() {
+                if dns.tick(&resolver, &targets).await {
+                    *self.dns_endpoints.lock().expect("dns lock") = dns.endpoints();
+                }
+                *self.dns.lock().expect("dns lock") = dns.status();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// DNS pools: target, endpoints, last error.
+    pub fn dns_status(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.dns.lock().expect("dns lock")).unwrap_or_default()
     }
 
     /// The replicated state this node holds.
@@ -553,6 +597,7 @@ impl Daemon {
     pub async fn run(self: Arc<Self>, admin: TcpListener) -> Result<()> {
         let admin_task = tokio::spawn(crate::admin::serve(admin, self.clone()));
         self.start_ecs().await;
+        let dns_task = tokio::spawn(self.clone().run_dns());
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -609,6 +654,7 @@ impl Daemon {
             info!("left the mesh");
         }
         admin_task.abort();
+        dns_task.abort();
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod dns;
 pub mod ecs;
 pub mod local_ca;
 pub mod logging;

@@ -110,6 +110,17 @@ struct Topology {
     status: Option<PollStatus>,
     services: std::collections::BTreeMap<String, ServiceTopology>,
     pools: Vec<EcsPool>,
+    #[serde(default)]
+    dns: std::collections::BTreeMap<String, DnsPool>,
+}
+
+#[derive(Deserialize)]
+struct DnsPool {
+    target: String,
+    endpoints: Vec<String>,
+    error: Option<String>,
+    lookups_ok: u64,
+    lookups_failed: u64,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +182,34 @@ fn print_poll(p: &PollStatus) {
 }
 
 fn print_topology(t: &Topology) {
+    if t.status.is_none() && t.pools.is_empty() && t.services.is_empty() {
+        println!("ecs: not configured");
+    } else {
+        print_ecs(t);
+    }
+    if !t.dns.is_empty() {
+        println!();
+        let rows = t
+            .dns
+            .iter()
+            .map(|(pool, d)| {
+                vec![
+                    pool.clone(),
+                    d.target.clone(),
+                    d.endpoints.join(" "),
+                    format!("{} ok, {} failed", d.lookups_ok, d.lookups_failed),
+                    d.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(
+            &["DNS POOL", "TARGET", "ENDPOINTS", "LOOKUPS", "LAST ERROR"],
+            rows,
+        );
+    }
+}
+
+fn print_ecs(t: &Topology) {
     match &t.status {
         Some(p) => print_poll(p),
         None => println!("ecs: no poll yet"),

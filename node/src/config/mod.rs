@@ -62,6 +62,23 @@ struct RawConfig {
     pools: BTreeMap<String, RawPool>,
     gossip: Option<RawGossip>,
     ecs: Option<RawEcs>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    /// Name servers (IP:port) for DNS pools; default: the system's (/etc/resolv.conf).
+    #[serde(default)]
+    servers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsTarget {
+    srv: Option<String>,
+    name: Option<String>,
+    port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -189,6 +206,8 @@ struct RawPool {
     endpoints: Vec<RawEndpoint>,
     /// Endpoints from an ECS service's running tasks instead of a fixed list.
     ecs: Option<RawEcsTarget>,
+    /// Endpoints from DNS (SRV, or A/AAAA plus a port) instead of a fixed list.
+    dns: Option<RawDnsTarget>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -228,6 +247,10 @@ pub struct Config {
     pub ecs: Option<crate::ecs::EcsSettings>,
     /// Pool name -> the ECS service it routes to.
     pub ecs_targets: BTreeMap<String, crate::ecs::model::EcsTarget>,
+    /// Pool name -> the DNS name it resolves.
+    pub dns_targets: BTreeMap<String, crate::dns::DnsTarget>,
+    /// Name servers for DNS pools (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -334,7 +357,35 @@ pub fn parse(
     // pools
     let mut pools = Vec::new();
     let mut ecs_targets = BTreeMap::new();
+    let mut dns_targets = BTreeMap::new();
     for (name, p) in &raw.pools {
+        if let Some(d) = &p.dns {
+            let key = format!("pools.{name}.dns");
+            if !p.endpoints.is_empty() || p.ecs.is_some() {
+                return Err(err(
+                    &key,
+                    "a pool takes one of `endpoints`, `ecs` or `dns`".into(),
+                ));
+            }
+            let target = match (&d.srv, &d.name, d.port) {
+                (Some(srv), None, None) if !srv.trim().is_empty() => {
+                    crate::dns::DnsTarget::Srv(srv.trim().to_string())
+                }
+                (None, Some(n), Some(port)) if !n.trim().is_empty() && port > 0 => {
+                    crate::dns::DnsTarget::Host {
+                        name: n.trim().to_string(),
+                        port,
+                    }
+                }
+                _ => {
+                    return Err(err(
+                        &key,
+                        "needs `srv = \"_svc._tcp.name\"`, or `name` and a non-zero `port`".into(),
+                    ))
+                }
+            };
+            dns_targets.insert(name.clone(), target);
+        }
         if let Some(t) = &p.ecs {
             if !p.endpoints.is_empty() {
                 return Err(err(
@@ -522,6 +573,22 @@ pub fn parse(
     };
 
     let ecs = ecs_settings(&raw, &ecs_targets, &err, env)?;
+    let dns_servers = raw
+        .dns
+        .as_ref()
+        .map(|d| d.servers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse().map_err(|_| {
+                err(
+                    &format!("dns.servers[{i}]"),
+                    format!("{s:?} is not an IP:port address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
     Ok(Config {
         file: path.to_path_buf(),
         data_dir,
@@ -542,6 +609,8 @@ pub fn parse(
         gossip,
         ecs,
         ecs_targets,
+        dns_targets,
+        dns_servers,
     })
 }
 

@@ -347,3 +347,44 @@ fn ecs_errors_name_the_key() {
     assert!(e.to_string().contains("servce"), "{e}");
     assert!(e.line.is_some(), "{e}");
 }
+
+#[test]
+fn dns_pools_and_their_errors() {
+    let src = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\ndns = { srv = \"_sftp._tcp.internal\" }\n[pools.other]\ndns = { name = \"other.internal\", port = 8080 }\n[dns]\nservers = [\"10.0.0.2:53\"]",
+    );
+    let c = parse_str(&src).unwrap();
+    assert_eq!(
+        c.dns_targets["files"],
+        crate::dns::DnsTarget::Srv("_sftp._tcp.internal".into())
+    );
+    assert_eq!(
+        c.dns_targets["other"],
+        crate::dns::DnsTarget::Host {
+            name: "other.internal".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(c.dns_servers, vec!["10.0.0.2:53".parse().unwrap()]);
+    for (bad, key) in [
+        ("dns = { name = \"x.internal\" }", "pools.files.dns"),
+        ("dns = { srv = \"_a._tcp.x\", port = 1 }", "pools.files.dns"),
+        (
+            "dns = { srv = \"_a._tcp.x\" }\nendpoints = [\"127.0.0.1:1\"]",
+            "pools.files.dns",
+        ),
+    ] {
+        let src = GOOD.replace(
+            "[pools.files]\nendpoints = []",
+            &format!("[pools.files]\n{bad}"),
+        );
+        let e = error_of(&src);
+        assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+    }
+    let src = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\nendpoints = []\n[dns]\nservers = [\"resolver\"]",
+    );
+    assert_eq!(error_of(&src).key.as_deref(), Some("dns.servers[0]"));
+}

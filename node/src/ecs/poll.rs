@@ -13,8 +13,53 @@ use super::model::{resolve, NetworkMode, ServiceTopology, TaskDefInfo, TaskInfo}
 /// Calls per call name: (ok, failed).
 pub type CallCounts = BTreeMap<&'static str, (u64, u64)>;
 
-#[derive(Debug, Default)]
+/// A token bucket: `burst` calls at once, then `per_sec` a second. Sans-IO: it says how
+/// long to wait; the caller sleeps.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    pub fn new(per_sec: f64, burst: u32) -> Bucket {
+        Bucket {
+            per_sec,
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            at: None,
+        }
+    }
+
+    /// Takes a token at `now`; returns how long to wait before using it.
+    pub fn take(&mut self, now: Instant) -> Duration {
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * self.per_sec;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.at = Some(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
+}
+
+/// ECS's DescribeTasks and DescribeContainerInstances share a limit of about 20 calls a
+/// second: the poller keeps to half of it (10 a second, bursts of 10, so no second sees more
+/// than 20), leaving room for deploy tools.
+pub const DESCRIBE_PER_SEC: f64 = 10.0;
+/// DescribeTaskDefinition (a new leader with 1,000 services describes 1,000 revisions once).
+pub const TASKDEF_PER_SEC: f64 = 20.0;
+
+#[derive(Debug)]
 pub struct Poller {
+    describe: Bucket,
+    taskdef: Bucket,
     tasks: HashMap<String, TaskInfo>,
     /// Task definition revisions are immutable: cached for good.
     taskdefs: HashMap<String, TaskDefInfo>,
@@ -42,8 +87,23 @@ pub struct PollResult {
 impl Poller {
     pub fn new(refresh_every: u64) -> Poller {
         Poller {
+            describe: Bucket::new(DESCRIBE_PER_SEC, 10),
+            taskdef: Bucket::new(TASKDEF_PER_SEC, 40),
+            tasks: HashMap::new(),
+            taskdefs: HashMap::new(),
+            instance_of: HashMap::new(),
+            addresses: HashMap::new(),
+            polls: 0,
             refresh_every: refresh_every.max(1),
-            ..Poller::default()
+            calls: CallCounts::new(),
+            recent: VecDeque::new(),
+        }
+    }
+
+    async fn pace(bucket: &mut Bucket) {
+        let wait = bucket.take(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -92,6 +152,7 @@ impl Poller {
             .collect();
         let mut described = HashMap::new();
         for batch in stale.chunks(DESCRIBE_BATCH) {
+            Self::pace(&mut self.describe).await;
             let r = api.describe_tasks(batch).await;
             for t in self.record("ecs:DescribeTasks", &mut made, r)? {
                 described.insert(t.arn.clone(), t);
@@ -108,6 +169,7 @@ impl Poller {
             .filter(|d| !self.taskdefs.contains_key(d))
             .collect();
         for arn in missing_defs {
+            Self::pace(&mut self.taskdef).await;
             let r = api.describe_task_definition(&arn).await;
             let def = self.record("ecs:DescribeTaskDefinition", &mut made, r)?;
             self.taskdefs.insert(arn, def);
@@ -128,6 +190,7 @@ impl Poller {
             .collect();
         let unknown: Vec<String> = unknown.into_iter().collect();
         for batch in unknown.chunks(DESCRIBE_BATCH) {
+            Self::pace(&mut self.describe).await;
             let r = api.describe_container_instances(batch).await;
             let found = self.record("ecs:DescribeContainerInstances", &mut made, r)?;
             self.instance_of.extend(found);
@@ -214,6 +277,26 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10.0, 3);
+        for _ in 0..3 {
+            assert_eq!(b.take(t0), Duration::ZERO);
+        }
+        // The fourth call at the same instant waits one token's time, the fifth two.
+        assert_eq!(b.take(t0), Duration::from_millis(100));
+        assert_eq!(b.take(t0), Duration::from_millis(200));
+        // A second later the debt is paid and eight tokens are back (capped at the burst).
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.take(t1), Duration::ZERO);
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(b.take(t2), Duration::ZERO);
+        }
+        assert!(b.take(t2) > Duration::ZERO);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {

@@ -70,14 +70,23 @@ impl Moto {
         }
     }
 
+    /// Requests so far, in order: ("service Action", unix time).
+    pub fn timeline(&self) -> Vec<(String, f64)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (call, at) = l.rsplit_once(' ')?;
+                Some((call.to_string(), at.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Requests so far, by "service Action".
     pub fn calls(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for line in std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-        {
-            *out.entry(line.to_string()).or_default() += 1;
+        for (call, _) in self.timeline() {
+            *out.entry(call).or_default() += 1;
         }
         out
     }
@@ -855,4 +864,173 @@ async fn five_nodes_one_poller_and_the_next_leader_resumes() {
     }
     let next = acting_leader(&nodes).await;
     assert!(!next.is_empty() && next != first, "{next} after {first}");
+}
+
+/// Not a test: the ECS scale figures for BENCHMARKS.md (`bench/ecs_scale.sh` runs it).
+/// 1,000 services (one task definition family each) of 5 awsvpc tasks: the first poll of a
+/// new leader, then steady polls, with every call counted by the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn ecs_scale_report() {
+    const SERVICES: usize = 1_000;
+    const TASKS_EACH: i32 = 5;
+    let moto = Moto::start().await;
+    let aws = Aws::new(moto.addr, "127.0.0.4").await;
+    let vpc = aws
+        .ec2
+        .create_vpc()
+        .cidr_block("127.8.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let subnet = aws
+        .ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("127.8.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let subnet = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let sg = aws
+        .ec2
+        .create_security_group()
+        .group_name("s")
+        .description("s")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap();
+    let sg = sg.group_id().unwrap().to_string();
+    aws.ecs
+        .create_cluster()
+        .cluster_name("edge")
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for chunk in (0..SERVICES).collect::<Vec<_>>().chunks(8) {
+        let futs = chunk.iter().map(|i| {
+            let (aws, subnet, sg) = (&aws, &subnet, &sg);
+            async move {
+                let name = format!("s{i:04}");
+                let td = aws
+                    .task_def(&name, NetworkMode::Awsvpc, &[("app", 8080)])
+                    .await;
+                let nc = NetworkConfiguration::builder()
+                    .awsvpc_configuration(
+                        AwsVpcConfiguration::builder()
+                            .subnets(subnet)
+                            .security_groups(sg)
+                            .build()
+                            .unwrap(),
+                    )
+                    .build();
+                aws.ecs
+                    .create_service()
+                    .cluster("edge")
+                    .service_name(&name)
+                    .task_definition(td)
+                    .desired_count(TASKS_EACH)
+                    .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+                    .network_configuration(nc)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        });
+        futures_util::future::join_all(futs).await;
+    }
+    eprintln!("fixture: {SERVICES} services in {:?}", started.elapsed());
+    moto.clear();
+
+    let template = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+
+[ecs]
+cluster = "edge"
+poll_interval_secs = 5
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{http}"
+kind = "http"
+
+[[routes]]
+hosts = ["s0000.test"]
+pool = "s0000"
+tls = false
+
+[pools.s0000]
+ecs = { service = "s0000" }
+"#;
+    let node = harness::node_env(template, &[], &aws_env(moto.addr)).await;
+    let polls_ok = |s: &serde_json::Value| s["ecs"]["polls_ok"].as_u64().unwrap_or(0);
+    let wait_polls = |n: u64| {
+        let node = &node;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let s = node.status().await;
+                if polls_ok(&s) >= n {
+                    return (Instant::now(), s);
+                }
+                assert!(Instant::now() < deadline, "{s}\n{}", node.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let t0 = Instant::now();
+    let (t1, s) = wait_polls(1).await;
+    let first = moto.calls();
+    let mut timeline = moto.timeline();
+    assert_eq!(s["ecs"]["services"], SERVICES);
+    assert_eq!(s["ecs"]["tasks"], SERVICES * TASKS_EACH as usize);
+    assert_eq!(s["ecs"]["endpoints"], SERVICES * TASKS_EACH as usize);
+    moto.clear();
+    let (t2, _) = wait_polls(7).await;
+    let steady = moto.calls();
+    timeline.extend(moto.timeline());
+    // The busiest second of shared-limit calls, over all the polls.
+    let shared: Vec<f64> = timeline
+        .iter()
+        .filter(|(c, _)| c == "ecs DescribeTasks" || c == "ecs DescribeContainerInstances")
+        .map(|(_, t)| *t)
+        .collect();
+    let busiest = shared
+        .iter()
+        .map(|t| {
+            shared
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + 1.0)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let get = |m: &BTreeMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0);
+    println!("| poll | duration | ListTasks | DescribeTasks | DescribeTaskDefinition | DescribeContainerInstances |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| first (new leader, cold caches) | {:.1} s | {} | {} | {} | {} |",
+        (t1 - t0).as_secs_f64(),
+        get(&first, "ecs ListTasks"),
+        get(&first, "ecs DescribeTasks"),
+        get(&first, "ecs DescribeTaskDefinition"),
+        get(&first, "ecs DescribeContainerInstances"),
+    );
+    println!(
+        "| next 6 polls, per poll (5 s interval) | {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} |",
+        (t2 - t1).as_secs_f64() / 6.0,
+        get(&steady, "ecs ListTasks") as f64 / 6.0,
+        get(&steady, "ecs DescribeTasks") as f64 / 6.0,
+        get(&steady, "ecs DescribeTaskDefinition") as f64 / 6.0,
+        get(&steady, "ecs DescribeContainerInstances") as f64 / 6.0,
+    );
+    println!();
+    println!("busiest second of DescribeTasks + DescribeContainerInstances (first and steady polls): {busiest} calls (ECS's shared limit: about 20)");
+    assert!(busiest <= 20, "{busiest}");
 }
