@@ -231,6 +231,11 @@ impl Mesh {
         })
     }
 
+    /// How many other members this node sees alive.
+    pub fn member_count(&self) -> usize {
+        self.shared.members.lock().expect("members lock").len()
+    }
+
     /// Whether this member is the acting leader now (a majority and a valid lease).
     pub fn acting(&self) -> bool {
         self.shared.election.lock().expect("election lock").acting

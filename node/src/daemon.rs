@@ -75,6 +75,8 @@ pub struct Daemon {
     /// are projected from.
     cluster_state: Arc<Mutex<ClusterState>>,
     ecs_metrics: crate::ecs::EcsMetrics,
+    /// No other member seen: the ECS seed lookup runs while this holds.
+    alone: Arc<std::sync::atomic::AtomicBool>,
     /// DNS-discovered pools (each node resolves for itself).
     dns: Mutex<BTreeMap<String, crate::dns::DnsPoolStatus>>,
     dns_endpoints: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
@@ -107,7 +109,27 @@ struct PacketLabel {
     result: &'static str,
 }
 
-async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
+async fn start_mesh(
+    g: &GossipConfig,
+    ecs: Option<&crate::ecs::EcsSettings>,
+    alone: &Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Mesh> {
+    let seeds = crate::ecs::seeds::SharedSeeds {
+        fixed: g.seeds.clone(),
+        found: Default::default(),
+    };
+    if let (Some(service), Some(ecs)) = (&g.ecs_seed_service, ecs) {
+        let api = crate::ecs::api::SdkApi::new(&ecs.cluster, ecs.region.as_deref()).await;
+        let alone = alone.clone();
+        tokio::spawn(crate::ecs::seeds::run(
+            api,
+            service.clone(),
+            g.advertise,
+            seeds.found.clone(),
+            move || !alone.load(std::sync::atomic::Ordering::Relaxed),
+            Duration::from_secs(5),
+        ));
+    }
     let keys = g
         .keys
         .iter()
@@ -151,7 +173,7 @@ async fn start_mesh(g: &GossipConfig) -> anyhow::Result<Mesh> {
         },
         bootstrap_expect: g.bootstrap_expect,
         reap_after: g.reap_after,
-        seeds: Box::new(g.seeds.clone()),
+        seeds: Box::new(seeds),
         keyring: Keyring::new(keys)?,
         membership,
     })
@@ -222,8 +244,9 @@ impl Daemon {
             .set_listeners(&config.listeners)
             .await
             .context("binding listeners")?;
+        let alone = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let mesh = match &config.gossip {
-            Some(g) => Some(start_mesh(g).await?),
+            Some(g) => Some(start_mesh(g, config.ecs.as_ref(), &alone).await?),
             None => None,
         };
         let gossip_packets = Family::<PacketLabel, Counter>::default();
@@ -267,6 +290,7 @@ impl Daemon {
             proxy,
             cluster_state,
             ecs_metrics,
+            alone,
             dns: Mutex::new(BTreeMap::new()),
             dns_endpoints: Mutex::new(BTreeMap::new()),
             published: Mutex::new(BTreeMap::new()),
@@ -371,6 +395,10 @@ impl Daemon {
 
     /// Applies pool changes published in the mesh, if any. Called every 250 ms.
     async fn project_pools(&self) {
+        if let Some(m) = self.mesh.lock().expect("mesh lock").as_ref() {
+            self.alone
+                .store(m.member_count() == 0, std::sync::atomic::Ordering::Relaxed);
+        }
         let current = self.current.lock().await;
         let mut published = projection::published(
             &self.cluster_state.lock().expect("state lock"),

@@ -108,6 +108,8 @@ struct RawGossip {
     node_id: Option<String>,
     #[serde(default)]
     seeds: Vec<String>,
+    /// Find seeds among the tasks of this ECS service (the edgemesh DAEMON service).
+    ecs_seed_service: Option<String>,
     /// File with the base64 cluster key(s), one per line; the first sends.
     key_file: Option<PathBuf>,
     public_ip: Option<String>,
@@ -259,6 +261,8 @@ pub struct GossipConfig {
     pub bind: SocketAddr,
     pub advertise: SocketAddr,
     pub seeds: Vec<SocketAddr>,
+    /// Seeds from the tasks of this ECS service (needs the `[ecs]` cluster).
+    pub ecs_seed_service: Option<String>,
     pub public_ip: Option<std::net::IpAddr>,
     /// Base64 keys, first one sending; validated at load.
     pub keys: Vec<String>,
@@ -620,7 +624,11 @@ fn ecs_settings(
     err: &dyn Fn(&str, String) -> ConfigError,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<crate::ecs::EcsSettings>, ConfigError> {
-    if raw.ecs.is_none() && targets.is_empty() {
+    let seeds_from_ecs = raw
+        .gossip
+        .as_ref()
+        .is_some_and(|g| g.ecs_seed_service.is_some());
+    if raw.ecs.is_none() && targets.is_empty() && !seeds_from_ecs {
         return Ok(None);
     }
     let e = raw.ecs.as_ref();
@@ -632,6 +640,7 @@ fn ecs_settings(
     let Some(cluster) = cluster else {
         let key = match targets.keys().next() {
             Some(pool) if e.is_none() => format!("pools.{pool}.ecs"),
+            None if e.is_none() => "gossip.ecs_seed_service".to_string(),
             _ => "ecs.cluster".to_string(),
         };
         return Err(err(
@@ -752,6 +761,11 @@ fn gossip_config(
         bind,
         advertise,
         seeds,
+        ecs_seed_service: g
+            .ecs_seed_service
+            .as_ref()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
         public_ip,
         keys,
         probe_period: ms(g.probe_period_ms, lan.probe_period),

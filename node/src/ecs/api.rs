@@ -46,8 +46,9 @@ pub struct ApiError {
 /// emulator speaking the real wire protocol.
 #[allow(async_fn_in_trait)]
 pub trait EcsApi {
-    /// Every task of the cluster whose desired status is RUNNING (all pages).
-    async fn list_tasks(&self) -> Result<Vec<String>, ApiError>;
+    /// Every task of the cluster whose desired status is RUNNING (all pages); only `service`'s
+    /// when given.
+    async fn list_tasks(&self, service: Option<&str>) -> Result<Vec<String>, ApiError>;
     /// At most [`DESCRIBE_BATCH`] tasks.
     async fn describe_tasks(&self, arns: &[String]) -> Result<Vec<TaskInfo>, ApiError>;
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefInfo, ApiError>;
@@ -187,7 +188,7 @@ fn task_info(t: &aws_sdk_ecs::types::Task) -> TaskInfo {
 }
 
 impl EcsApi for SdkApi {
-    async fn list_tasks(&self) -> Result<Vec<String>, ApiError> {
+    async fn list_tasks(&self, service: Option<&str>) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
         let mut token = None;
         loop {
@@ -195,6 +196,7 @@ impl EcsApi for SdkApi {
                 .ecs
                 .list_tasks()
                 .cluster(&self.cluster)
+                .set_service_name(service.map(str::to_string))
                 .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
                 .max_results(100)
                 .set_next_token(token)

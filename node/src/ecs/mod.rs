@@ -8,6 +8,7 @@
 pub mod api;
 pub mod model;
 pub mod poll;
+pub mod seeds;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

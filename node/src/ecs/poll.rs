@@ -134,7 +134,7 @@ impl Poller {
 
     pub async fn poll<A: EcsApi>(&mut self, api: &A) -> Result<PollResult, ApiError> {
         let mut made = 0;
-        let listed = api.list_tasks().await;
+        let listed = api.list_tasks(None).await;
         let listed = self.record("ecs:ListTasks", &mut made, listed)?;
         let listed: BTreeSet<String> = listed.into_iter().collect();
         self.polls += 1;

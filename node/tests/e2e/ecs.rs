@@ -220,6 +220,29 @@ impl Aws {
         }
     }
 
+    /// An EC2 instance at `ip`, registered as a container instance of `edge`.
+    pub async fn instance(&self, subnet: &str, ip: &str) {
+        let inst = self
+            .ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet)
+            .private_ip_address(ip)
+            .send()
+            .await
+            .unwrap();
+        let id = inst.instances()[0].instance_id().unwrap().to_string();
+        self.ecs
+            .register_container_instance()
+            .cluster("edge")
+            .instance_identity_document(format!(r#"{{"instanceId":"{id}"}}"#))
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// A cluster `edge` with one EC2 container instance at `host` (bridge and host tasks)
     /// and a subnet 127.0.1.0/24 for awsvpc tasks. Returns (subnet, security group).
     pub async fn cluster(&self) -> (String, String) {
@@ -257,31 +280,13 @@ impl Aws {
             .await
             .unwrap();
         let sg = sg.group_id().unwrap().to_string();
-        let inst = self
-            .ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .min_count(1)
-            .max_count(1)
-            .subnet_id(hosts)
-            .private_ip_address(&self.host)
-            .send()
-            .await
-            .unwrap();
-        let id = inst.instances()[0].instance_id().unwrap().to_string();
         self.ecs
             .create_cluster()
             .cluster_name("edge")
             .send()
             .await
             .unwrap();
-        self.ecs
-            .register_container_instance()
-            .cluster("edge")
-            .instance_identity_document(format!(r#"{{"instanceId":"{id}"}}"#))
-            .send()
-            .await
-            .unwrap();
+        self.instance(&hosts, &self.host).await;
         (tasks, sg)
     }
 
@@ -290,6 +295,17 @@ impl Aws {
         family: &str,
         mode: NetworkMode,
         containers: &[(&str, u16)],
+    ) -> String {
+        self.task_def_ports(family, mode, containers, 0).await
+    }
+
+    /// `host_port` 0: dynamic (bridge); otherwise each container port maps to it.
+    pub async fn task_def_ports(
+        &self,
+        family: &str,
+        mode: NetworkMode,
+        containers: &[(&str, u16)],
+        host_port: u16,
     ) -> String {
         let mut req = self
             .ecs
@@ -305,7 +321,7 @@ impl Aws {
                     .port_mappings(
                         PortMapping::builder()
                             .container_port(i32::from(*port))
-                            .host_port(0)
+                            .host_port(i32::from(host_port))
                             .build(),
                     )
                     .build(),
@@ -864,6 +880,90 @@ async fn five_nodes_one_poller_and_the_next_leader_resumes() {
     }
     let next = acting_leader(&nodes).await;
     assert!(!next.is_empty() && next != first, "{next} after {first}");
+}
+
+const SEED_TEMPLATE: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[gossip]
+bind = "{ip}:{g}"
+sync_port = {s}
+node_id = "{id}"
+ecs_seed_service = "edgemesh"
+key_file = "{keyfile}"
+probe_period_ms = 200
+probe_rtt_ms = 100
+suspect_to_down_ms = 1000
+bootstrap_expect = 3
+
+[ecs]
+cluster = "edge"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_find_their_seeds_among_their_own_ecs_service() {
+    let moto = Moto::start().await;
+    let aws = Aws::new(moto.addr, "127.0.0.11").await;
+    aws.cluster().await;
+    let vpc = aws.ec2.describe_subnets().send().await.unwrap();
+    let hosts = vpc
+        .subnets()
+        .iter()
+        .find(|s| s.cidr_block() == Some("127.0.0.0/24"))
+        .unwrap()
+        .subnet_id()
+        .unwrap()
+        .to_string();
+    aws.instance(&hosts, "127.0.0.12").await;
+    aws.instance(&hosts, "127.0.0.13").await;
+    // The DAEMON service: host networking, the gossip port reserved on each instance, so
+    // one task per instance.
+    let (g, s) = (harness::free_port(), harness::free_port());
+    let td = aws
+        .task_def_ports("edgemesh", NetworkMode::Host, &[("edgemesh", g)], g)
+        .await;
+    aws.service("edgemesh", &td, 3, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    let (code, out, _) = harness::run(env!("CARGO_BIN_EXE_meshctl"), &["keygen"]);
+    assert_eq!(code, 0);
+    std::fs::write(&key, out).unwrap();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let vars = [
+            ("ip", format!("127.0.0.1{i}")),
+            ("g", g.to_string()),
+            ("s", s.to_string()),
+            ("id", format!("d{i}")),
+            ("keyfile", key.display().to_string()),
+        ];
+        nodes.push(harness::node_env(SEED_TEMPLATE, &vars, &aws_env(moto.addr)).await);
+    }
+    let start = Instant::now();
+    for n in &nodes {
+        loop {
+            let (_, body) = harness::http_get(&n.admin(), "/members").await.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["members"].as_array().map_or(0, Vec::len) == 2 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{body}\n{}",
+                n.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "3 nodes with no seed list joined through ECS in {:?}",
+        start.elapsed()
+    );
+    assert!(nodes[0].log().contains("seeds from ECS"));
 }
 
 /// Not a test: the ECS scale figures for BENCHMARKS.md (`bench/ecs_scale.sh` runs it).
