@@ -210,6 +210,7 @@ impl Mesh {
             reap_after: cfg.reap_after,
             down_since: BTreeMap::new(),
             acting_term: None,
+            view: (BTreeSet::new(), epoch),
             meta,
             socket,
             keyring,
@@ -341,6 +342,9 @@ impl Mesh {
     }
 }
 
+/// How long the alive set must stay unchanged before a node bootstraps the voter set.
+const BOOTSTRAP_STABLE: Duration = Duration::from_secs(1);
+
 struct Driver {
     election: Election,
     /// Origin of the election's millisecond clock.
@@ -351,6 +355,9 @@ struct Driver {
     down_since: BTreeMap<String, Instant>,
     /// The term this node last announced itself as acting leader in.
     acting_term: Option<u64>,
+    /// The alive set last seen, and since when it has not changed (bootstrap waits for a
+    /// stable view).
+    view: (BTreeSet<String>, Instant),
     sync_interval: Duration,
     sync_round: usize,
     /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
@@ -578,15 +585,25 @@ impl Driver {
             .iter()
             .map(|(id, since)| (id.clone(), since.elapsed()))
             .collect();
-        let change = voters::plan(
-            &me,
-            voters.as_ref(),
-            &alive,
-            &down_for,
-            acting.is_some(),
-            self.bootstrap_expect,
-            self.reap_after,
-        );
+        if self.view.0 != alive {
+            self.view = (alive.clone(), Instant::now());
+        }
+        // Bootstrap only from a view that has held still for a while: nodes still discovering
+        // each other could otherwise write different first sets (see `voters`).
+        let stable = self.view.1.elapsed() >= BOOTSTRAP_STABLE;
+        let change = if voters.is_none() && !stable {
+            None
+        } else {
+            voters::plan(
+                &me,
+                voters.as_ref(),
+                &alive,
+                &down_for,
+                acting.is_some(),
+                self.bootstrap_expect,
+                self.reap_after,
+            )
+        };
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -2,9 +2,12 @@
 //!
 //! The set lives in the replicated state under [`VOTERS_KEY`]:
 //! - **Bootstrap.** Until it exists, nobody stands for election. Once a node sees
-//!   `bootstrap_expect` members alive (itself included) and has the lowest id among them, it
-//!   writes them as the first set. Seeds converge in well under a second, so the nodes that
-//!   bootstrap see the same members; should two sets be written, the merge keeps one.
+//!   `bootstrap_expect` members alive (itself included), has the lowest id among them, and that
+//!   view has not changed for a second, it writes them as the first set. Seeds converge in well
+//!   under a second, so the nodes that bootstrap see the same members. The remaining risk is the
+//!   one Consul's `bootstrap_expect` has: two groups that cannot see each other at first boot
+//!   (a partition during the very first start) could each write a set; the merge then keeps one,
+//!   but until it does each group could elect a leader. Start a new cluster on a healthy network.
 //! - **Changes.** Only the acting leader changes the set, one member per step, as a term-stamped
 //!   write: it adds a member that is alive and not yet voting, or removes one that has been down
 //!   longer than `reap_after`. One member at a time keeps every majority of the old set and of

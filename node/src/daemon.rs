@@ -82,6 +82,8 @@ pub struct Daemon {
     dns_endpoints: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
     /// The published pools last applied to the proxy.
     published: Mutex<BTreeMap<String, Vec<EndpointSpec>>>,
+    /// Routes from ECS docker labels last applied, and the ones refused.
+    labels: Mutex<projection::LabelTable>,
     gossip_packets: Family<PacketLabel, Counter>,
     gossip_members: Family<MemberLabel, prometheus_client::metrics::gauge::Gauge>,
     sync_rounds: Family<PacketLabel, Counter>,
@@ -294,6 +296,7 @@ impl Daemon {
             dns: Mutex::new(BTreeMap::new()),
             dns_endpoints: Mutex::new(BTreeMap::new()),
             published: Mutex::new(BTreeMap::new()),
+            labels: Mutex::new(projection::LabelTable::default()),
             mesh: Mutex::new(mesh),
             gossip_packets,
             gossip_members,
@@ -387,10 +390,16 @@ impl Daemon {
 
     /// The configured table with the pools published in the mesh overlaid.
     fn table_for(&self, config: &Config) -> TableSpec {
-        projection::project(
+        let mut table = projection::project(
             &config.table,
             &self.published.lock().expect("published lock"),
-        )
+        );
+        if config.ecs.as_ref().is_some_and(|e| e.labels) {
+            let labels = self.labels.lock().expect("labels lock");
+            table.routes.extend(labels.routes.iter().cloned());
+            table.pools.extend(labels.pools.iter().cloned());
+        }
+        table
     }
 
     /// Applies pool changes published in the mesh, if any. Called every 250 ms.
@@ -414,8 +423,27 @@ impl Daemon {
                 });
             }
         }
-        if *self.published.lock().expect("published lock") == published {
+        let labels = if current.0.ecs.as_ref().is_some_and(|e| e.labels) {
+            projection::label_routes(
+                &self.cluster_state.lock().expect("state lock"),
+                &current.0.table,
+            )
+        } else {
+            projection::LabelTable::default()
+        };
+        let same_labels = *self.labels.lock().expect("labels lock") == labels;
+        if *self.published.lock().expect("published lock") == published && same_labels {
             return;
+        }
+        if !same_labels {
+            for c in &labels.conflicts {
+                warn!(conflict = %c, "docker label route refused");
+            }
+            info!(
+                routes = labels.routes.len(),
+                "routes from docker labels changed"
+            );
+            *self.labels.lock().expect("labels lock") = labels;
         }
         info!(pools = ?published.keys().collect::<Vec<_>>(), "pools changed in the cluster state");
         *self.published.lock().expect("published lock") = published;
@@ -456,7 +484,16 @@ impl Daemon {
                 })
             })
             .collect();
-        serde_json::json!({ "status": status, "services": services, "pools": pools, "dns": dns })
+        let labels = self.labels.lock().expect("labels lock");
+        let label_routes: Vec<serde_json::Value> = labels
+            .routes
+            .iter()
+            .map(|r| serde_json::json!({"hosts": r.hosts, "path_prefix": r.path_prefix, "pool": r.pool}))
+            .collect();
+        serde_json::json!({
+            "status": status, "services": services, "pools": pools, "dns": dns,
+            "label_routes": label_routes, "label_conflicts": labels.conflicts,
+        })
     }
 
     /// Resolves the configuration's DNS pools as their answers expire, forever.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use edgemesh_gossip::ClusterState;
-use edgemesh_proxy::{EndpointSpec, TableSpec};
+use edgemesh_proxy::{EndpointSpec, PoolSpec, RouteSpec, TableSpec};
 
 use crate::ecs::model::{self, EcsTarget, ServiceTopology};
 use crate::ecs::SERVICE_PREFIX;
@@ -62,6 +62,82 @@ pub fn published(
             .map(|(addr, weight)| EndpointSpec { addr, weight })
             .collect();
         out.insert(name.to_string(), endpoints);
+    }
+    out
+}
+
+/// Routes and pools declared by ECS docker labels, and why some were not taken.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelTable {
+    pub routes: Vec<RouteSpec>,
+    pub pools: Vec<PoolSpec>,
+    pub conflicts: Vec<String>,
+}
+
+/// The routes the services' docker labels declare (pools named `ecs:<service>`). The
+/// configuration wins: a label route whose host and path the configuration already routes is
+/// left out and reported, as is a second service claiming a host and path.
+pub fn label_routes(state: &ClusterState, config: &TableSpec) -> LabelTable {
+    let mut out = LabelTable::default();
+    let mut taken: BTreeMap<(String, String), String> = BTreeMap::new();
+    for r in &config.routes {
+        for h in &r.hosts {
+            taken.insert(
+                (h.clone(), r.path_prefix.clone()),
+                "the configuration".into(),
+            );
+        }
+    }
+    for (key, value) in state.leader_entries(SERVICE_PREFIX) {
+        let service = &key[SERVICE_PREFIX.len()..];
+        let Some(route) = model::decode::<ServiceTopology>(value)
+            .and_then(|t| Some((t.label_route(service)?, t)))
+        else {
+            continue;
+        };
+        let (route, topo) = route;
+        let addrs = match route.target.select(&topo) {
+            Ok(a) => a,
+            Err(e) => {
+                out.conflicts
+                    .push(format!("labels of service {service}: {e}"));
+                continue;
+            }
+        };
+        let mut hosts = Vec::new();
+        for h in &route.hosts {
+            match taken.get(&(h.clone(), route.path_prefix.clone())) {
+                Some(owner) => out.conflicts.push(format!(
+                    "labels of service {service}: {h}{} is already routed by {owner}; ignored",
+                    route.path_prefix
+                )),
+                None => {
+                    taken.insert(
+                        (h.clone(), route.path_prefix.clone()),
+                        format!("service {service}'s labels"),
+                    );
+                    hosts.push(h.clone());
+                }
+            }
+        }
+        if hosts.is_empty() {
+            continue;
+        }
+        let pool = format!("ecs:{service}");
+        out.routes.push(RouteSpec {
+            hosts,
+            path_prefix: route.path_prefix,
+            pool: pool.clone(),
+            redirect_https: true,
+        });
+        out.pools.push(PoolSpec {
+            name: pool,
+            endpoints: addrs
+                .into_iter()
+                .map(|addr| EndpointSpec { addr, weight: 1 })
+                .collect(),
+            balance: edgemesh_proxy::Balance::RoundRobin,
+        });
     }
     out
 }
@@ -132,6 +208,48 @@ mod tests {
     }
 
     #[test]
+    fn docker_labels_add_routes_the_configuration_does_not_have() {
+        use crate::ecs::model::{encode as enc, EcsEndpoint};
+        let labelled = |host: &str| ServiceTopology {
+            tasks: 1,
+            endpoints: vec![EcsEndpoint {
+                container: "app".into(),
+                container_port: 80,
+                addr: "10.0.0.5:80".parse().unwrap(),
+                task: "t".into(),
+            }],
+            labels: [("edgemesh.http.host".to_string(), host.to_string())].into(),
+        };
+        let config = TableSpec {
+            routes: vec![RouteSpec {
+                hosts: vec!["web.test".into()],
+                path_prefix: "/".into(),
+                pool: "web".into(),
+                redirect_https: true,
+            }],
+            ..TableSpec::default()
+        };
+        let mut state = ClusterState::new("leader");
+        for (svc, host) in [("a", "shop.test"), ("b", "shop.test"), ("c", "web.test")] {
+            state
+                .set_as_leader(&format!("ecs/svc/{svc}"), enc(&labelled(host)), 1, 1)
+                .unwrap();
+        }
+        let t = label_routes(&state, &config);
+        assert_eq!(t.routes.len(), 1);
+        assert_eq!(t.routes[0].hosts, ["shop.test"]);
+        assert_eq!(t.routes[0].pool, "ecs:a");
+        assert_eq!(t.pools[0].endpoints[0].addr, "10.0.0.5:80".parse().unwrap());
+        assert_eq!(t.conflicts.len(), 2, "{:?}", t.conflicts);
+        assert!(
+            t.conflicts[0].contains("service b") && t.conflicts[0].contains("service a's labels")
+        );
+        assert!(
+            t.conflicts[1].contains("service c") && t.conflicts[1].contains("the configuration")
+        );
+    }
+
+    #[test]
     fn ecs_services_fill_the_pools_that_name_them() {
         use crate::ecs::model::{encode as enc, EcsEndpoint};
         let ep = |c: &str, port: u16, addr: &str| EcsEndpoint {
@@ -147,6 +265,7 @@ mod tests {
                 ep("web", 80, "10.0.0.1:32768"),
                 ep("web", 80, "10.0.0.2:32769"),
             ],
+            labels: BTreeMap::new(),
         };
         state
             .set_as_leader("ecs/svc/web", enc(&topo), 1, 1)
@@ -154,6 +273,7 @@ mod tests {
         let two = ServiceTopology {
             tasks: 1,
             endpoints: vec![ep("a", 1, "10.0.0.3:1"), ep("b", 2, "10.0.0.3:2")],
+            labels: BTreeMap::new(),
         };
         state.set_as_leader("ecs/svc/two", enc(&two), 1, 1).unwrap();
         let target = |service: &str| EcsTarget {

@@ -112,6 +112,17 @@ struct Topology {
     pools: Vec<EcsPool>,
     #[serde(default)]
     dns: std::collections::BTreeMap<String, DnsPool>,
+    #[serde(default)]
+    label_routes: Vec<LabelRoute>,
+    #[serde(default)]
+    label_conflicts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct LabelRoute {
+    hosts: Vec<String>,
+    path_prefix: String,
+    pool: String,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +269,18 @@ fn print_ecs(t: &Topology) {
         }
     }
     table(&["SERVICE", "TASKS", "TASK", "CONTAINER", "ENDPOINT"], rows);
+    if !t.label_routes.is_empty() || !t.label_conflicts.is_empty() {
+        println!();
+        let rows = t
+            .label_routes
+            .iter()
+            .map(|r| vec![r.hosts.join(","), r.path_prefix.clone(), r.pool.clone()])
+            .collect();
+        table(&["LABEL ROUTE HOSTS", "PATH", "POOL"], rows);
+        for c in &t.label_conflicts {
+            println!("ecs: {c}");
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -89,6 +89,9 @@ struct RawEcs {
     /// `AWS_REGION` wins; else the SDK's chain (profile, instance metadata).
     region: Option<String>,
     poll_interval_secs: Option<u64>,
+    /// Routes from docker labels (`edgemesh.http.host`, ...); the configuration wins.
+    #[serde(default)]
+    labels: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -659,6 +662,7 @@ fn ecs_settings(
         cluster,
         region: env("AWS_REGION").or_else(|| e.and_then(|e| e.region.clone())),
         poll_interval: Duration::from_secs(secs),
+        labels: e.is_some_and(|e| e.labels),
     }))
 }
 

@@ -256,9 +256,26 @@ impl EcsApi for SdkApi {
                 (c.name().unwrap_or_default().to_string(), ports)
             })
             .collect();
+        let mut labels = std::collections::BTreeMap::new();
+        for c in def.container_definitions() {
+            let mine: Vec<(&String, &String)> = c
+                .docker_labels()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("edgemesh."))
+                .collect();
+            if !mine.is_empty() && !labels.contains_key("edgemesh.container") {
+                labels.insert(
+                    "edgemesh.container".to_string(),
+                    c.name().unwrap_or_default().to_string(),
+                );
+            }
+            labels.extend(mine.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         Ok(TaskDefInfo {
             network_mode,
             ports,
+            labels,
         })
     }
 

@@ -32,6 +32,8 @@ pub struct EcsSettings {
     pub cluster: String,
     pub region: Option<String>,
     pub poll_interval: Duration,
+    /// Routes from the task definitions' `edgemesh.*` docker labels.
+    pub labels: bool,
 }
 
 /// What the poller needs from the mesh (or from a single node's own state).

@@ -43,6 +43,19 @@ pub struct TaskDefInfo {
     pub network_mode: NetworkMode,
     /// Container name -> its container ports.
     pub ports: BTreeMap<String, Vec<u16>>,
+    /// `edgemesh.*` docker labels, with `edgemesh.container` set to the container carrying
+    /// them (unless the label names one itself).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TaskDefInfo {
+    /// The revision number of a task definition ARN (`...:task-definition/web:7` -> 7).
+    pub fn revision(arn: &str) -> u64 {
+        arn.rsplit(':')
+            .next()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 impl TaskInfo {
@@ -134,6 +147,48 @@ pub struct ServiceTopology {
     /// Tasks desired RUNNING (routable or not).
     pub tasks: u32,
     pub endpoints: Vec<EcsEndpoint>,
+    /// The `edgemesh.*` docker labels of the newest task definition revision running.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A route declared by docker labels (`edgemesh.http.host`, `edgemesh.http.path`,
+/// `edgemesh.http.port`, `edgemesh.container`), as Traefik's ECS provider reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelRoute {
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub target: EcsTarget,
+}
+
+impl ServiceTopology {
+    pub fn label_route(&self, service: &str) -> Option<LabelRoute> {
+        let hosts: Vec<String> = self
+            .labels
+            .get("edgemesh.http.host")?
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if hosts.is_empty() {
+            return None;
+        }
+        let path_prefix = self
+            .labels
+            .get("edgemesh.http.path")
+            .map_or("/".to_string(), |p| p.trim().to_string());
+        Some(LabelRoute {
+            hosts,
+            path_prefix,
+            target: EcsTarget {
+                service: service.to_string(),
+                container: self.labels.get("edgemesh.container").cloned(),
+                port: self
+                    .labels
+                    .get("edgemesh.http.port")
+                    .and_then(|p| p.parse().ok()),
+            },
+        })
+    }
 }
 
 /// What a pool names as its ECS target.
@@ -219,6 +274,7 @@ mod tests {
                 .iter()
                 .map(|(n, p)| (n.to_string(), p.to_vec()))
                 .collect(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -300,6 +356,7 @@ mod tests {
                 ep("side", 9000, "10.0.0.1:32769"),
                 ep("web", 8080, "10.0.0.2:32770"),
             ],
+            labels: BTreeMap::new(),
         };
         let mut target = EcsTarget {
             service: "web".into(),
@@ -312,5 +369,32 @@ mod tests {
         assert_eq!(target.select(&topo).unwrap().len(), 2);
         target.port = Some(1);
         assert!(target.select(&topo).unwrap().is_empty());
+    }
+
+    #[test]
+    fn docker_labels_declare_a_route() {
+        let mut topo = ServiceTopology::default();
+        assert_eq!(topo.label_route("shop"), None);
+        topo.labels = [
+            (
+                "edgemesh.http.host",
+                "Shop.example.com, www.shop.example.com",
+            ),
+            ("edgemesh.http.path", "/api"),
+            ("edgemesh.http.port", "8080"),
+            ("edgemesh.container", "app"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let r = topo.label_route("shop").unwrap();
+        assert_eq!(r.hosts, ["shop.example.com", "www.shop.example.com"]);
+        assert_eq!(r.path_prefix, "/api");
+        assert_eq!(r.target.container.as_deref(), Some("app"));
+        assert_eq!(r.target.port, Some(8080));
+        assert_eq!(
+            TaskDefInfo::revision("arn:aws:ecs:r:1:task-definition/shop:12"),
+            12
+        );
     }
 }

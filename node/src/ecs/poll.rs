@@ -212,6 +212,7 @@ impl Poller {
             calls: made,
             ..PollResult::default()
         };
+        let mut newest_rev: HashMap<String, u64> = HashMap::new();
         let mut tasks: Vec<&TaskInfo> = self.tasks.values().collect();
         tasks.sort_by(|a, b| a.arn.cmp(&b.arn));
         for t in tasks {
@@ -224,6 +225,12 @@ impl Poller {
                 continue;
             }
             let def = &self.taskdefs[&t.task_definition];
+            let rev = TaskDefInfo::revision(&t.task_definition);
+            let newest = newest_rev.entry(service.to_string()).or_insert(0);
+            if rev >= *newest {
+                *newest = rev;
+                topo.labels = def.labels.clone();
+            }
             let ip = t
                 .container_instance
                 .as_ref()

@@ -307,6 +307,19 @@ impl Aws {
         containers: &[(&str, u16)],
         host_port: u16,
     ) -> String {
+        self.task_def_full(family, mode, containers, host_port, &[])
+            .await
+    }
+
+    /// ... with docker labels on every container.
+    pub async fn task_def_full(
+        &self,
+        family: &str,
+        mode: NetworkMode,
+        containers: &[(&str, u16)],
+        host_port: u16,
+        labels: &[(&str, &str)],
+    ) -> String {
         let mut req = self
             .ecs
             .register_task_definition()
@@ -324,6 +337,12 @@ impl Aws {
                             .host_port(i32::from(host_port))
                             .build(),
                     )
+                    .set_docker_labels(Some(
+                        labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ))
                     .build(),
             );
         }
@@ -494,6 +513,7 @@ drain_timeout_secs = 1
 [ecs]
 cluster = "edge"
 poll_interval_secs = 1
+labels = true
 
 [[listeners]]
 name = "web"
@@ -605,6 +625,25 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
         .await;
     aws.service("web", &web_td, 2, None).await;
     aws.service("api", &api_td, 2, Some((&subnet, &sg))).await;
+    // Routes from docker labels: one new host, one that the configuration already routes.
+    for (name, host) in [("shop", "shop.test"), ("clash", "web.test")] {
+        let td = aws
+            .task_def_full(
+                name,
+                NetworkMode::Awsvpc,
+                &[("app", 7100)],
+                0,
+                &[("edgemesh.http.host", host)],
+            )
+            .await;
+        aws.service(name, &td, 1, Some((&subnet, &sg))).await;
+    }
+    let mut label_tasks = Tasks::default();
+    let shop = aws.endpoints("shop", "app", 7100).await;
+    label_tasks.follow(&shop).await;
+    label_tasks
+        .follow(&aws.endpoints("clash", "app", 7100).await)
+        .await;
 
     let mut web_tasks = Tasks::default();
     let mut api_tasks = Tasks::default();
@@ -624,6 +663,7 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
     let took = wait_routes(&node, "web.test", &web, Duration::from_secs(15)).await;
     eprintln!("bridge service routed {took:?} after start");
     wait_routes(&node, "api.test", &api, Duration::from_secs(5)).await;
+    wait_routes(&node, "shop.test", &shop, Duration::from_secs(5)).await;
 
     // The ambiguous pool is reported, not guessed; it stays empty (503).
     let (code, out, _) = harness::run(
@@ -633,6 +673,14 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("several ports (side:9000, web:8080)"), "{out}");
     assert!(out.contains("ecs: cluster edge polled by local"), "{out}");
+    assert!(
+        out.contains("labels of service clash: web.test/ is already routed by the configuration"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shop.test") && out.contains("ecs:shop"),
+        "{out}"
+    );
     let (status, _) = harness::http_request_host(
         &node.addr("http").to_string(),
         "GET",
@@ -739,7 +787,7 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
     // (DescribeTaskDefinition, DescribeContainerInstances and DescribeInstances come from
     // the poller only; the fixture registers and lists.)
     assert_eq!(
-        calls["ecs DescribeTaskDefinition"], 3,
+        calls["ecs DescribeTaskDefinition"], 5,
         "one per revision: {calls:?}"
     );
     assert_eq!(calls["ecs DescribeContainerInstances"], 1, "{calls:?}");
