@@ -121,7 +121,9 @@ async fn start_mesh(
         found: Default::default(),
     };
     if let (Some(service), Some(ecs)) = (&g.ecs_seed_service, ecs) {
-        let api = crate::ecs::api::SdkApi::new(&ecs.cluster, ecs.region.as_deref()).await;
+        let api =
+            crate::ecs::api::SdkApi::new(&ecs.cluster, ecs.region.as_deref(), ecs.call_timeout)
+                .await;
         let alone = alone.clone();
         tokio::spawn(crate::ecs::seeds::run(
             api,
@@ -542,7 +544,12 @@ impl Daemon {
         let Some(settings) = settings else {
             return;
         };
-        let api = crate::ecs::api::SdkApi::new(&settings.cluster, settings.region.as_deref()).await;
+        let api = crate::ecs::api::SdkApi::new(
+            &settings.cluster,
+            settings.region.as_deref(),
+            settings.call_timeout,
+        )
+        .await;
         info!(cluster = %settings.cluster, interval_secs = settings.poll_interval.as_secs(), "ECS provider on");
         let publisher: Arc<dyn crate::ecs::Publisher> = self.clone();
         tokio::spawn(crate::ecs::run(

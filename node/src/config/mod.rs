@@ -92,6 +92,8 @@ struct RawEcs {
     /// Routes from docker labels (`edgemesh.http.host`, ...); the configuration wins.
     #[serde(default)]
     labels: bool,
+    /// Timeout of one attempt of an AWS API call.
+    call_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -663,6 +665,11 @@ fn ecs_settings(
         region: env("AWS_REGION").or_else(|| e.and_then(|e| e.region.clone())),
         poll_interval: Duration::from_secs(secs),
         labels: e.is_some_and(|e| e.labels),
+        call_timeout: Duration::from_millis(
+            e.and_then(|e| e.call_timeout_ms)
+                .unwrap_or(10_000)
+                .clamp(100, 120_000),
+        ),
     }))
 }
 

@@ -73,7 +73,7 @@ pub struct SdkApi {
 impl SdkApi {
     /// Clients from the standard chain (environment, profile, container and instance
     /// credentials; `AWS_ENDPOINT_URL` honoured), TLS by rustls with ring.
-    pub async fn new(cluster: &str, region: Option<&str>) -> SdkApi {
+    pub async fn new(cluster: &str, region: Option<&str>, call_timeout: Duration) -> SdkApi {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
@@ -81,8 +81,8 @@ impl SdkApi {
             .build_https();
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
-            .operation_timeout(Duration::from_secs(30))
+            .operation_attempt_timeout(call_timeout)
+            .operation_timeout(call_timeout * 3)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(http)

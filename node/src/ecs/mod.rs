@@ -34,6 +34,8 @@ pub struct EcsSettings {
     pub poll_interval: Duration,
     /// Routes from the task definitions' `edgemesh.*` docker labels.
     pub labels: bool,
+    /// Per attempt of an API call (the SDK retries throttling and 5xx up to 3 attempts).
+    pub call_timeout: Duration,
 }
 
 /// What the poller needs from the mesh (or from a single node's own state).

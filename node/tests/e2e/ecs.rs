@@ -123,6 +123,8 @@ pub struct FaultProxy {
 pub const PASS: u8 = 0;
 pub const THROTTLE: u8 = 1;
 pub const FAIL_500: u8 = 2;
+/// Holds every request for 3 s before passing it on.
+pub const HANG: u8 = 3;
 
 impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
@@ -157,6 +159,10 @@ impl FaultProxy {
                                     return Ok::<_, hyper::Error>(reply(400, "ThrottlingException"))
                                 }
                                 FAIL_500 => return Ok(reply(500, "ServerException")),
+                                HANG => {
+                                    f.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                }
                                 _ => {}
                             }
                             let (mut parts, body) = req.into_parts();
@@ -514,6 +520,7 @@ drain_timeout_secs = 1
 cluster = "edge"
 poll_interval_secs = 1
 labels = true
+call_timeout_ms = 500
 
 [[listeners]]
 name = "web"
@@ -719,7 +726,7 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
 
     // API faults: throttling, then 500s. The last good topology keeps serving, the error
     // shows in meshctl status and the metrics, and polling backs off.
-    for mode in [THROTTLE, FAIL_500] {
+    for mode in [THROTTLE, FAIL_500, HANG] {
         faults.set(mode);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -734,10 +741,10 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
             env!("CARGO_BIN_EXE_meshctl"),
             &["--addr", &node.admin(), "status"],
         );
-        let expect = if mode == THROTTLE {
-            "ThrottlingException"
-        } else {
-            "ServerException"
+        let expect = match mode {
+            THROTTLE => "ThrottlingException",
+            FAIL_500 => "ServerException",
+            _ => "timeout",
         };
         assert!(
             out.contains("LAST POLL FAILED") && out.contains(expect),
@@ -762,6 +769,25 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
         web_tasks.reap(&web);
     }
     assert!(faults.faults.load(Ordering::Relaxed) > 0);
+
+    // A service that really has no running task answers 503 (its pool is emptied on purpose).
+    aws.scale("api", 0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = harness::http_request_host(
+            &node.addr("http").to_string(),
+            "GET",
+            "/",
+            Some("api.test"),
+        )
+        .await
+        .unwrap();
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "api.test still answers {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let metrics = harness::http_get(&node.admin(), "/metrics")
         .await
         .unwrap()
