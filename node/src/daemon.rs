@@ -381,7 +381,7 @@ impl Daemon {
         let old_default = old_status.iter().position(|c| c.default);
         self.proxy.certs().replace(certs, default);
         self.proxy.apply(self.table_for(&new));
-        if let Err(e) = self.proxy.set_listeners(&new.listeners).await {
+        if let Err(e) = self.proxy.set_listeners(&self.listeners_for(&new)).await {
             // Put everything back: the old listeners are still running.
             self.proxy.certs().replace(old_certs, old_default);
             self.proxy.apply(self.table_for(old));
@@ -391,6 +391,22 @@ impl Daemon {
     }
 
     /// The configured table with the pools published in the mesh overlaid.
+    /// The configured listeners plus those of docker labels.
+    fn listeners_for(&self, config: &Config) -> Vec<edgemesh_proxy::ListenerSpec> {
+        let mut all = config.listeners.clone();
+        if config.ecs.as_ref().is_some_and(|e| e.labels) {
+            all.extend(
+                self.labels
+                    .lock()
+                    .expect("labels lock")
+                    .listeners
+                    .iter()
+                    .cloned(),
+            );
+        }
+        all
+    }
+
     fn table_for(&self, config: &Config) -> TableSpec {
         let mut table = projection::project(
             &config.table,
@@ -400,6 +416,7 @@ impl Daemon {
             let labels = self.labels.lock().expect("labels lock");
             table.routes.extend(labels.routes.iter().cloned());
             table.pools.extend(labels.pools.iter().cloned());
+            table.tcp_routes.extend(labels.tcp_routes.iter().cloned());
         }
         table
     }
@@ -425,13 +442,14 @@ impl Daemon {
                 });
             }
         }
-        let labels = if current.0.ecs.as_ref().is_some_and(|e| e.labels) {
-            projection::label_routes(
+        let labels = match current.0.ecs.as_ref().filter(|e| e.labels) {
+            Some(e) => projection::label_routes(
                 &self.cluster_state.lock().expect("state lock"),
                 &current.0.table,
-            )
-        } else {
-            projection::LabelTable::default()
+                &current.0.listeners,
+                e.label_tcp_ip,
+            ),
+            None => projection::LabelTable::default(),
         };
         let same_labels = *self.labels.lock().expect("labels lock") == labels;
         if *self.published.lock().expect("published lock") == published && same_labels {
@@ -443,9 +461,20 @@ impl Daemon {
             }
             info!(
                 routes = labels.routes.len(),
+                tcp = labels.listeners.len(),
                 "routes from docker labels changed"
             );
+            let listeners_changed =
+                self.labels.lock().expect("labels lock").listeners != labels.listeners;
             *self.labels.lock().expect("labels lock") = labels;
+            if listeners_changed {
+                // Routes first (a new listener finds its pool), then the listeners.
+                self.proxy.apply(self.table_for(&current.0));
+                let all = self.listeners_for(&current.0);
+                if let Err(e) = self.proxy.set_listeners(&all).await {
+                    error!(error = %e, "TCP listeners from docker labels not bound; the others keep running");
+                }
+            }
         }
         info!(pools = ?published.keys().collect::<Vec<_>>(), "pools changed in the cluster state");
         *self.published.lock().expect("published lock") = published;

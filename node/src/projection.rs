@@ -8,10 +8,12 @@
 //! it. `pool/` entries win over ECS for the same pool (an operator's override).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use edgemesh_gossip::ClusterState;
-use edgemesh_proxy::{EndpointSpec, PoolSpec, RouteSpec, TableSpec};
+use edgemesh_proxy::{
+    EndpointSpec, ListenerKind, ListenerSpec, PoolSpec, RouteSpec, TableSpec, TcpRouteSpec,
+};
 
 use crate::ecs::model::{self, EcsTarget, ServiceTopology};
 use crate::ecs::SERVICE_PREFIX;
@@ -71,14 +73,26 @@ pub fn published(
 pub struct LabelTable {
     pub routes: Vec<RouteSpec>,
     pub pools: Vec<PoolSpec>,
+    /// TCP listeners (`edgemesh.tcp.port`) and their routes.
+    pub listeners: Vec<ListenerSpec>,
+    pub tcp_routes: Vec<TcpRouteSpec>,
     pub conflicts: Vec<String>,
 }
 
 /// The routes the services' docker labels declare (pools named `ecs:<service>`). The
 /// configuration wins: a label route whose host and path the configuration already routes is
 /// left out and reported, as is a second service claiming a host and path.
-pub fn label_routes(state: &ClusterState, config: &TableSpec) -> LabelTable {
+pub fn label_routes(
+    state: &ClusterState,
+    config: &TableSpec,
+    listeners: &[ListenerSpec],
+    tcp_ip: IpAddr,
+) -> LabelTable {
     let mut out = LabelTable::default();
+    let mut ports: BTreeMap<u16, String> = listeners
+        .iter()
+        .map(|l| (l.addr.port(), format!("listener {}", l.name)))
+        .collect();
     let mut taken: BTreeMap<(String, String), String> = BTreeMap::new();
     for r in &config.routes {
         for h in &r.hosts {
@@ -104,6 +118,32 @@ pub fn label_routes(state: &ClusterState, config: &TableSpec) -> LabelTable {
                 continue;
             }
         };
+        let pool = format!("ecs:{service}");
+        let mut used = false;
+        if let Some(port) = route.tcp_port {
+            match ports.get(&port) {
+                Some(owner) => out.conflicts.push(format!(
+                    "labels of service {service}: TCP port {port} is already used by {owner}; ignored"
+                )),
+                None => {
+                    ports.insert(port, format!("service {service}'s labels"));
+                    out.listeners.push(ListenerSpec {
+                        name: pool.clone(),
+                        addr: SocketAddr::new(tcp_ip, port),
+                        kind: ListenerKind::Tcp {
+                            idle_timeout_ms: None,
+                        },
+                        accept_proxy_protocol: false,
+                    });
+                    out.tcp_routes.push(TcpRouteSpec {
+                        listener: pool.clone(),
+                        pool: pool.clone(),
+                        send_proxy_protocol: false,
+                    });
+                    used = true;
+                }
+            }
+        }
         let mut hosts = Vec::new();
         for h in &route.hosts {
             match taken.get(&(h.clone(), route.path_prefix.clone())) {
@@ -120,16 +160,18 @@ pub fn label_routes(state: &ClusterState, config: &TableSpec) -> LabelTable {
                 }
             }
         }
-        if hosts.is_empty() {
+        if !hosts.is_empty() {
+            out.routes.push(RouteSpec {
+                hosts,
+                path_prefix: route.path_prefix,
+                pool: pool.clone(),
+                redirect_https: true,
+            });
+            used = true;
+        }
+        if !used {
             continue;
         }
-        let pool = format!("ecs:{service}");
-        out.routes.push(RouteSpec {
-            hosts,
-            path_prefix: route.path_prefix,
-            pool: pool.clone(),
-            redirect_https: true,
-        });
         out.pools.push(PoolSpec {
             name: pool,
             endpoints: addrs
@@ -235,12 +277,30 @@ mod tests {
                 .set_as_leader(&format!("ecs/svc/{svc}"), enc(&labelled(host)), 1, 1)
                 .unwrap();
         }
-        let t = label_routes(&state, &config);
+        let listeners = [ListenerSpec {
+            name: "sftp".into(),
+            addr: "0.0.0.0:2222".parse().unwrap(),
+            kind: ListenerKind::Tcp {
+                idle_timeout_ms: None,
+            },
+            accept_proxy_protocol: false,
+        }];
+        let mut tcp = labelled("");
+        tcp.labels = [("edgemesh.tcp.port".to_string(), "2222".to_string())].into();
+        state.set_as_leader("ecs/svc/d", enc(&tcp), 1, 1).unwrap();
+        tcp.labels = [("edgemesh.tcp.port".to_string(), "2223".to_string())].into();
+        state.set_as_leader("ecs/svc/e", enc(&tcp), 1, 1).unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let t = label_routes(&state, &config, &listeners, ip);
+        assert_eq!(t.listeners.len(), 1, "{t:?}");
+        assert_eq!(t.listeners[0].addr, "127.0.0.1:2223".parse().unwrap());
+        assert_eq!(t.tcp_routes[0].pool, "ecs:e");
+        assert_eq!(t.pools.len(), 2);
         assert_eq!(t.routes.len(), 1);
         assert_eq!(t.routes[0].hosts, ["shop.test"]);
         assert_eq!(t.routes[0].pool, "ecs:a");
         assert_eq!(t.pools[0].endpoints[0].addr, "10.0.0.5:80".parse().unwrap());
-        assert_eq!(t.conflicts.len(), 2, "{:?}", t.conflicts);
+        assert_eq!(t.conflicts.len(), 3, "{:?}", t.conflicts);
         assert!(
             t.conflicts[0].contains("service b") && t.conflicts[0].contains("service a's labels")
         );

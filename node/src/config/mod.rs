@@ -94,6 +94,8 @@ struct RawEcs {
     labels: bool,
     /// Timeout of one attempt of an AWS API call.
     call_timeout_ms: Option<u64>,
+    /// IP address the TCP listeners of `edgemesh.tcp.port` labels bind on (default 0.0.0.0).
+    label_tcp_ip: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -665,6 +667,12 @@ fn ecs_settings(
         region: env("AWS_REGION").or_else(|| e.and_then(|e| e.region.clone())),
         poll_interval: Duration::from_secs(secs),
         labels: e.is_some_and(|e| e.labels),
+        label_tcp_ip: match e.and_then(|e| e.label_tcp_ip.as_ref()) {
+            None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            Some(ip) => ip
+                .parse()
+                .map_err(|_| err("ecs.label_tcp_ip", format!("{ip:?} is not an IP address")))?,
+        },
         call_timeout: Duration::from_millis(
             e.and_then(|e| e.call_timeout_ms)
                 .unwrap_or(10_000)

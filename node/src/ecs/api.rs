@@ -82,7 +82,8 @@ impl SdkApi {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(call_timeout)
-            .operation_timeout(call_timeout * 3)
+            // Room for three attempts and the SDK's back-off between them.
+            .operation_timeout(call_timeout * 3 + Duration::from_secs(5))
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(http)

@@ -34,6 +34,8 @@ pub struct EcsSettings {
     pub poll_interval: Duration,
     /// Routes from the task definitions' `edgemesh.*` docker labels.
     pub labels: bool,
+    /// Address TCP listeners from `edgemesh.tcp.port` labels bind on.
+    pub label_tcp_ip: std::net::IpAddr,
     /// Per attempt of an API call (the SDK retries throttling and 5xx up to 3 attempts).
     pub call_timeout: Duration,
 }

@@ -151,41 +151,41 @@ pub struct ServiceTopology {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A route declared by docker labels (`edgemesh.http.host`, `edgemesh.http.path`,
-/// `edgemesh.http.port`, `edgemesh.container`), as Traefik's ECS provider reads them.
+/// A route declared by docker labels, as Traefik's ECS provider reads them:
+/// `edgemesh.http.host` (comma-separated), `edgemesh.http.path`, `edgemesh.http.port` (the
+/// container port), `edgemesh.tcp.port` (a TCP listener on the edge), `edgemesh.container`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelRoute {
     pub hosts: Vec<String>,
     pub path_prefix: String,
+    /// The edge port of a TCP listener for this service.
+    pub tcp_port: Option<u16>,
     pub target: EcsTarget,
 }
 
 impl ServiceTopology {
     pub fn label_route(&self, service: &str) -> Option<LabelRoute> {
-        let hosts: Vec<String> = self
-            .labels
-            .get("edgemesh.http.host")?
+        let label = |k: &str| self.labels.get(k).map(|v| v.trim());
+        let hosts: Vec<String> = label("edgemesh.http.host")
+            .unwrap_or_default()
             .split(',')
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        if hosts.is_empty() {
+        let tcp_port = label("edgemesh.tcp.port")
+            .and_then(|p| p.parse().ok())
+            .filter(|&p: &u16| p > 0);
+        if hosts.is_empty() && tcp_port.is_none() {
             return None;
         }
-        let path_prefix = self
-            .labels
-            .get("edgemesh.http.path")
-            .map_or("/".to_string(), |p| p.trim().to_string());
         Some(LabelRoute {
             hosts,
-            path_prefix,
+            path_prefix: label("edgemesh.http.path").unwrap_or("/").to_string(),
+            tcp_port,
             target: EcsTarget {
                 service: service.to_string(),
-                container: self.labels.get("edgemesh.container").cloned(),
-                port: self
-                    .labels
-                    .get("edgemesh.http.port")
-                    .and_then(|p| p.parse().ok()),
+                container: label("edgemesh.container").map(str::to_string),
+                port: label("edgemesh.http.port").and_then(|p| p.parse().ok()),
             },
         })
     }
@@ -392,6 +392,15 @@ mod tests {
         assert_eq!(r.path_prefix, "/api");
         assert_eq!(r.target.container.as_deref(), Some("app"));
         assert_eq!(r.target.port, Some(8080));
+        assert_eq!(r.tcp_port, None);
+        topo.labels
+            .insert("edgemesh.tcp.port".into(), "2222".into());
+        assert_eq!(topo.label_route("shop").unwrap().tcp_port, Some(2222));
+        topo.labels.remove("edgemesh.http.host");
+        assert!(
+            topo.label_route("shop").unwrap().hosts.is_empty(),
+            "TCP only"
+        );
         assert_eq!(
             TaskDefInfo::revision("arn:aws:ecs:r:1:task-definition/shop:12"),
             12

@@ -520,6 +520,7 @@ drain_timeout_secs = 1
 cluster = "edge"
 poll_interval_secs = 1
 labels = true
+label_tcp_ip = "127.0.0.1"
 call_timeout_ms = 500
 
 [[listeners]]
@@ -633,15 +634,14 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
     aws.service("web", &web_td, 2, None).await;
     aws.service("api", &api_td, 2, Some((&subnet, &sg))).await;
     // Routes from docker labels: one new host, one that the configuration already routes.
+    let tcp_port = harness::free_port().to_string();
     for (name, host) in [("shop", "shop.test"), ("clash", "web.test")] {
+        let mut labels = vec![("edgemesh.http.host", host)];
+        if name == "shop" {
+            labels.push(("edgemesh.tcp.port", tcp_port.as_str()));
+        }
         let td = aws
-            .task_def_full(
-                name,
-                NetworkMode::Awsvpc,
-                &[("app", 7100)],
-                0,
-                &[("edgemesh.http.host", host)],
-            )
+            .task_def_full(name, NetworkMode::Awsvpc, &[("app", 7100)], 0, &labels)
             .await;
         aws.service(name, &td, 1, Some((&subnet, &sg))).await;
     }
@@ -671,6 +671,32 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
     eprintln!("bridge service routed {took:?} after start");
     wait_routes(&node, "api.test", &api, Duration::from_secs(5)).await;
     wait_routes(&node, "shop.test", &shop, Duration::from_secs(5)).await;
+    // ...and its TCP listener from `edgemesh.tcp.port`.
+    let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let shop_id = shop.keys().next().unwrap().clone();
+    loop {
+        if tokio::net::TcpStream::connect(tcp).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "TCP label listener never bound\n{}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let got = harness::raw_exchange(
+            tcp,
+            b"GET /over-tcp HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        if got.contains(&format!("{shop_id} GET /over-tcp")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "TCP label listener: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The ambiguous pool is reported, not guessed; it stays empty (503).
     let (code, out, _) = harness::run(
@@ -744,7 +770,7 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
         let expect = match mode {
             THROTTLE => "ThrottlingException",
             FAIL_500 => "ServerException",
-            _ => "timeout",
+            _ => "timed out",
         };
         assert!(
             out.contains("LAST POLL FAILED") && out.contains(expect),
