@@ -10,7 +10,7 @@ section=$(cat <<MD
 ## Mesh processes (real edgemesh processes on loopback)
 
 Produced by \`bench/mesh.sh\` on $(date -u +%Y-%m-%d): ${NODES:-10} release processes, default
-gossip timings (memberlist LAN profile), one of them killed with SIGKILL. "At rest" is the
+gossip timings (probe 400 ms, RTT 150 ms, suspicion 1 s), one of them killed with SIGKILL. "At rest" is the
 sealed gossip datagrams each node sends (SWIM and election heartbeats; QUIC sync not counted),
 averaged over 30 s. Most of it is the leader's heartbeats to the voters (5/s each).
 

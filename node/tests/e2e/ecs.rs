@@ -909,10 +909,7 @@ async fn five_nodes_one_poller_and_the_next_leader_resumes() {
     tasks.follow(&web).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("cluster.key");
-    let (code, out, _) = harness::run(env!("CARGO_BIN_EXE_meshctl"), &["keygen"]);
-    assert_eq!(code, 0);
-    std::fs::write(&key, out).unwrap();
+    let key = harness::cluster_key(dir.path());
     let env = aws_env(moto.addr);
     let mut nodes: Vec<(String, Option<Node>)> = Vec::new();
     let mut seed = String::new();
@@ -1028,10 +1025,7 @@ async fn nodes_find_their_seeds_among_their_own_ecs_service() {
         .await;
     aws.service("edgemesh", &td, 3, None).await;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("cluster.key");
-    let (code, out, _) = harness::run(env!("CARGO_BIN_EXE_meshctl"), &["keygen"]);
-    assert_eq!(code, 0);
-    std::fs::write(&key, out).unwrap();
+    let key = harness::cluster_key(dir.path());
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let vars = [

@@ -488,6 +488,15 @@ pub async fn raw_exchange(addr: SocketAddr, data: &[u8], within: Duration) -> St
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A new cluster key from `meshctl keygen`, written to `dir/cluster.key`.
+pub fn cluster_key(dir: &Path) -> PathBuf {
+    let key = dir.join("cluster.key");
+    let (code, out, err) = run(env!("CARGO_BIN_EXE_meshctl"), &["keygen"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(&key, out).unwrap();
+    key
+}
+
 /// Runs a blocking command and returns (exit code, stdout, stderr).
 pub fn run(cmd: &str, args: &[&str]) -> (i32, String, String) {
     let mut child = Command::new(cmd)
