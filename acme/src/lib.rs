@@ -1,1 +1,12 @@
-//! ACME issuance (instant-acme), challenges and the certificate store. Built in the ACME issue; skeleton for now.
+//! ACME issuance for edgemesh: an account, orders with HTTP-01 challenges published through
+//! a [`ChallengeStore`] (the node puts them in the replicated cluster state, so any node can
+//! answer the validator), and the renewal schedule.
+//!
+//! The I/O with the CA goes through instant-acme; what decides *when* (renewal windows,
+//! back-off) is plain code in [`renewal`], driven by a clock, and tested with simulated time.
+
+pub mod issue;
+pub mod renewal;
+
+pub use issue::{issue, open_account, AcmeError, ChallengeStore, DirectoryConfig, Issued};
+pub use renewal::{renew_at, Validity};

@@ -1,0 +1,283 @@
+//! Issuance against Let's Encrypt's test CA: `pebble` and `pebble-challtestsrv` (Debian
+//! package `pebble`) on loopback. The challenge server's DNS answers every name with
+//! 127.0.0.1, so pebble's HTTP-01 validation reaches the challenge server this test runs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgemesh_acme::{issue, open_account, ChallengeStore, DirectoryConfig};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// pebble and its challenge test server (for DNS); killed on drop.
+struct Pebble {
+    children: Vec<Child>,
+    pub directory: String,
+    pub root: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A CA and a leaf for pebble's own HTTPS (localhost, 127.0.0.1): PEM files in `dir`.
+fn pebble_tls(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "edgemesh test: pebble's TLS CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+impl Pebble {
+    /// `http_port`: where pebble validates HTTP-01; `env`: pebble's fault switches.
+    fn start(http_port: u16, env: &[(&str, &str)]) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        pebble_tls(dir.path());
+        let (acme, mgmt, tls, dns, chall_mgmt) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let config = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{acme}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": dir.path().join("cert.pem"),
+            "privateKey": dir.path().join("key.pem"),
+            "httpPort": http_port,
+            "tlsPort": tls,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        let config_path = dir.path().join("pebble.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let chall = Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{chall_mgmt}"),
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(log("challtestsrv.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (Debian package pebble; scripts/test.sh installs it)");
+        let mut cmd = Command::new("pebble");
+        cmd.arg("-config")
+            .arg(&config_path)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let pebble = cmd.spawn().expect("pebble");
+        let p = Pebble {
+            children: vec![chall, pebble],
+            directory: format!("https://127.0.0.1:{acme}/dir"),
+            root: dir.path().join("ca.pem"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", acme)).is_err() {
+            assert!(Instant::now() < deadline, "pebble did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn config(&self) -> DirectoryConfig {
+        DirectoryConfig {
+            url: self.directory.clone(),
+            contact: vec!["mailto:ops@edge.test".into()],
+            root_pem: Some(self.root.clone()),
+        }
+    }
+}
+
+/// HTTP-01 answers served from memory on `addr`, as every edgemesh node serves them.
+#[derive(Clone, Default)]
+struct Tokens(Arc<Mutex<HashMap<String, String>>>);
+
+impl ChallengeStore for Tokens {
+    async fn put(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), key_authorization.to_string());
+        Ok(())
+    }
+
+    async fn remove(&self, token: &str) {
+        self.0.lock().unwrap().remove(token);
+    }
+}
+
+/// Says it published but did not: validations fail.
+struct Forgetful;
+
+impl ChallengeStore for Forgetful {
+    async fn put(&self, _: &str, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    async fn remove(&self, _: &str) {}
+}
+
+async fn serve_tokens(tokens: Tokens) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tokens = tokens.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let answer = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/.well-known/acme-challenge/")
+                        .and_then(|t| tokens.0.lock().unwrap().get(t).cloned());
+                    async move {
+                        let (status, body) = match answer {
+                            Some(a) => (200, a),
+                            None => (404, String::new()),
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn names(n: &[&str]) -> Vec<String> {
+    n.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
+    let tokens = Tokens::default();
+    let port = serve_tokens(tokens.clone()).await;
+    // A third of the nonces rejected: survived by instant-acme's retries and new orders.
+    let pebble = Pebble::start(port, &[("PEBBLE_WFE_NONCEREJECT", "33")]);
+    let (account, creds) = open_account(&pebble.config(), None).await.unwrap();
+    let issued = issue(
+        &account,
+        &names(&["shop.edge.test", "www.shop.edge.test"]),
+        &tokens,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(
+        tokens.0.lock().unwrap().is_empty(),
+        "tokens removed after the order"
+    );
+    let (_, pem) = x509_parser::pem::parse_x509_pem(issued.chain_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect();
+    assert!(
+        sans.iter().any(|n| n.contains("www.shop.edge.test")),
+        "{sans:?}"
+    );
+    assert!(issued.validity.not_after > issued.validity.not_before);
+    assert!(issued.key_pem.contains("PRIVATE KEY"));
+    assert!(
+        issued.chain_pem.matches("BEGIN CERTIFICATE").count() >= 2,
+        "leaf and intermediate"
+    );
+
+    // The stored credentials open the same account: no second registration.
+    let (again, same) = open_account(&pebble.config(), Some(&creds)).await.unwrap();
+    assert_eq!(again.id(), account.id());
+    assert_eq!(same, creds);
+    issue(
+        &again,
+        &names(&["api.edge.test"]),
+        &tokens,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_validation_is_an_error_naming_the_step() {
+    let port = serve_tokens(Tokens::default()).await;
+    let pebble = Pebble::start(port, &[]);
+    let (account, _) = open_account(&pebble.config(), None).await.unwrap();
+    let e = issue(
+        &account,
+        &names(&["missing.edge.test"]),
+        &Forgetful,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.step, "validation", "{e}");
+    assert!(!e.rate_limited);
+    // Bad stored credentials are refused with the reason, not a panic.
+    let e = open_account(&pebble.config(), Some("{not json"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.step, "stored account", "{e}");
+}
