@@ -7,6 +7,9 @@
 
 pub mod issue;
 pub mod renewal;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use instant_acme::Account;
 pub use issue::{issue, open_account, AcmeError, ChallengeStore, DirectoryConfig, Issued};
 pub use renewal::{renew_at, Validity};

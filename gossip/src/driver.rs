@@ -245,6 +245,18 @@ impl Mesh {
     /// Writes `key` as the acting leader, in its term, and disseminates it. Refused on any
     /// other node: leader data has one writer.
     pub fn publish_as_leader(&self, key: &str, value: Vec<u8>) -> Result<(), NotLeader> {
+        self.leader_write(|state, term, now| state.set_as_leader(key, value, term, now).map(Some))
+    }
+
+    /// Deletes `key` as the acting leader (a tombstone in its term). Refused elsewhere.
+    pub fn delete_as_leader(&self, key: &str) -> Result<(), NotLeader> {
+        self.leader_write(|state, term, now| state.delete_as_leader(key, term, now))
+    }
+
+    fn leader_write(
+        &self,
+        write: impl FnOnce(&mut ClusterState, u64, u64) -> Result<Option<crate::Update>, crate::Fenced>,
+    ) -> Result<(), NotLeader> {
         let view = self.shared.election.lock().expect("election lock").clone();
         if !view.acting {
             return Err(NotLeader {
@@ -254,17 +266,15 @@ impl Mesh {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let update = self
-            .shared
-            .state
-            .lock()
-            .expect("state lock")
-            .set_as_leader(key, value, view.term, now)
-            .map_err(|_| NotLeader {
-                leader: view.leader.clone(),
-            })?;
+        let mut state = self.shared.state.lock().expect("state lock");
+        let update = write(&mut state, view.term, now).map_err(|_| NotLeader {
+            leader: view.leader.clone(),
+        })?;
+        drop(state);
         // The driver task owns the SWIM instance; it sends the update on its next turn.
-        let _ = self.publish.send(update);
+        if let Some(update) = update {
+            let _ = self.publish.send(update);
+        }
         Ok(())
     }
 

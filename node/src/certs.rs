@@ -1,5 +1,5 @@
 //! Builds the certificate set a node serves from its config: PEM files named in the config,
-//! then local-CA certificates for route hosts that no file covers.
+//! then ACME certificates, then local-CA certificates for route hosts nothing else covers.
 
 use std::path::Path;
 
@@ -27,32 +27,41 @@ pub fn inspect(der: &CertificateDer<'_>) -> Result<(i64, Vec<String>)> {
 
 fn from_files(cert: &Path, key: &Path) -> Result<CertEntry> {
     let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let first = chain
-        .first()
-        .ok_or_else(|| anyhow!("{}: no certificate found", cert.display()))?;
-    let (not_after, names) = inspect(first).with_context(|| cert.display().to_string())?;
     let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
-        .with_context(|| format!("parsing {}", key.display()))?
-        .ok_or_else(|| anyhow!("{}: no private key found", key.display()))?;
-    CertEntry::new(
-        names,
-        chain,
-        key_der,
-        not_after,
-        format!("file:{}", cert.display()),
-    )
-    .with_context(|| key.display().to_string())
+    from_pem(&cert_pem, &key_pem, format!("file:{}", cert.display()))
+        .with_context(|| format!("{} / {}", cert.display(), key.display()))
 }
 
-/// The certificates for `config` and the index of the default one.
-pub fn build(config: &Config) -> Result<(Vec<CertEntry>, Option<usize>)> {
+/// A certificate entry from a PEM chain and a PEM key; `source` names it in status output.
+pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], source: String) -> Result<CertEntry> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .context("parsing the certificate chain")?;
+    let first = chain
+        .first()
+        .ok_or_else(|| anyhow!("no certificate found"))?;
+    let (not_after, names) = inspect(first)?;
+    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
+        .context("parsing the private key")?
+        .ok_or_else(|| anyhow!("no private key found"))?;
+    Ok(CertEntry::new(names, chain, key_der, not_after, source)?)
+}
+
+/// The certificates for `config` and the index of the default one: files first, then the
+/// ACME certificates (`acme`) for names no file covers, then the local CA for the rest.
+pub fn build(config: &Config, acme: &[CertEntry]) -> Result<(Vec<CertEntry>, Option<usize>)> {
     let mut entries = Vec::new();
     for (cert, key) in &config.cert_files {
         entries.push(from_files(cert, key)?);
+    }
+    for a in acme {
+        if !a
+            .names
+            .iter()
+            .all(|n| entries.iter().any(|e| covers(&e.names, n)))
+        {
+            entries.push(a.clone());
+        }
     }
     let uncovered: Vec<String> = config
         .tls_hosts

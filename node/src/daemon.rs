@@ -82,6 +82,9 @@ pub struct Daemon {
     dns_endpoints: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
     /// The published pools last applied to the proxy.
     published: Mutex<BTreeMap<String, Vec<EndpointSpec>>>,
+    /// ACME answers and certificates last projected from the cluster state.
+    acme_tokens: Mutex<std::collections::HashMap<String, String>>,
+    acme_certs: Mutex<BTreeMap<String, crate::acme::CertRecord>>,
     /// Routes from ECS docker labels last applied, and the ones refused.
     labels: Mutex<projection::LabelTable>,
     gossip_packets: Family<PacketLabel, Counter>,
@@ -186,6 +189,22 @@ async fn start_mesh(
     Ok(mesh)
 }
 
+/// Serving entries for the ACME certificates (ones that do not parse are skipped, logged).
+fn acme_entries(
+    certs: &BTreeMap<String, crate::acme::CertRecord>,
+) -> Vec<edgemesh_proxy::CertEntry> {
+    certs
+        .iter()
+        .filter_map(|(host, r)| {
+            crate::certs::from_pem(r.chain_pem.as_bytes(), r.key_pem.as_bytes(), "acme".into())
+                .map_err(
+                    |e| warn!(host = %host, error = %format!("{e:#}"), "ACME certificate unusable"),
+                )
+                .ok()
+        })
+        .collect()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -241,7 +260,12 @@ impl Daemon {
             ProxySettings::default(),
             workers,
         ));
-        let (certs, default) = crate::certs::build(&config)?;
+        // Cold start: the certificates this node kept serve before the mesh answers.
+        let acme_certs: BTreeMap<String, crate::acme::CertRecord> =
+            crate::acme::load_dir(&config.data_dir.join("acme"))
+                .into_iter()
+                .collect();
+        let (certs, default) = crate::certs::build(&config, &acme_entries(&acme_certs))?;
         proxy.certs().replace(certs, default);
         proxy.apply(config.table.clone());
         proxy
@@ -299,6 +323,8 @@ impl Daemon {
             dns_endpoints: Mutex::new(BTreeMap::new()),
             published: Mutex::new(BTreeMap::new()),
             labels: Mutex::new(projection::LabelTable::default()),
+            acme_tokens: Mutex::new(Default::default()),
+            acme_certs: Mutex::new(acme_certs),
             mesh: Mutex::new(mesh),
             gossip_packets,
             gossip_members,
@@ -375,7 +401,8 @@ impl Daemon {
                 );
             }
         }
-        let (certs, default) = crate::certs::build(&new).map_err(|e| format!("{e:#}"))?;
+        let acme = acme_entries(&self.acme_certs.lock().expect("acme lock"));
+        let (certs, default) = crate::certs::build(&new, &acme).map_err(|e| format!("{e:#}"))?;
         let old_certs = self.proxy.certs().entries();
         let old_status = self.proxy.certs().status();
         let old_default = old_status.iter().position(|c| c.default);
@@ -422,6 +449,68 @@ impl Daemon {
     }
 
     /// Applies pool changes published in the mesh, if any. Called every 250 ms.
+    /// ACME tokens and certificates from the cluster state: tokens to the proxy, certificates
+    /// to the certificate store and the data directory.
+    async fn project_acme(&self) {
+        let (tokens, certs) = {
+            let state = self.cluster_state.lock().expect("state lock");
+            let tokens: std::collections::HashMap<String, String> = state
+                .leader_entries(crate::acme::TOKEN_PREFIX)
+                .map(|(k, v)| {
+                    (
+                        k[crate::acme::TOKEN_PREFIX.len()..].to_string(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect();
+            let certs: BTreeMap<String, crate::acme::CertRecord> = state
+                .leader_entries(crate::acme::CERT_PREFIX)
+                .filter_map(|(k, v)| {
+                    Some((
+                        k[crate::acme::CERT_PREFIX.len()..].to_string(),
+                        crate::ecs::model::decode(v)?,
+                    ))
+                })
+                .collect();
+            (tokens, certs)
+        };
+        if *self.acme_tokens.lock().expect("acme lock") != tokens {
+            self.proxy.set_acme_tokens(tokens.clone());
+            *self.acme_tokens.lock().expect("acme lock") = tokens;
+        }
+        // Only newer certificates replace what this node serves (a stale entry never wins).
+        let mut changed = Vec::new();
+        {
+            let mut mine = self.acme_certs.lock().expect("acme lock");
+            for (host, rec) in certs {
+                if mine.get(&host).is_none_or(|m| m.not_after < rec.not_after) {
+                    mine.insert(host.clone(), rec.clone());
+                    changed.push((host, rec));
+                }
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let current = self.current.lock().await;
+        let dir = current.0.data_dir.join("acme");
+        for (host, rec) in &changed {
+            if let Err(e) = crate::acme::persist(&dir, host, rec) {
+                warn!(host = %host, error = %e, dir = %dir.display(), "certificate not written to disk");
+            }
+        }
+        let acme = acme_entries(&self.acme_certs.lock().expect("acme lock"));
+        match crate::certs::build(&current.0, &acme) {
+            Ok((certs, default)) => {
+                self.proxy.certs().replace(certs, default);
+                info!(hosts = ?changed.iter().map(|(h, _)| h).collect::<Vec<_>>(), "ACME certificates now served");
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "certificates not rebuilt; the previous ones keep serving")
+            }
+        }
+    }
+
     async fn project_pools(&self) {
         if let Some(m) = self.mesh.lock().expect("mesh lock").as_ref() {
             self.alone
@@ -699,6 +788,7 @@ impl Daemon {
         let admin_task = tokio::spawn(crate::admin::serve(admin, self.clone()));
         self.start_ecs().await;
         let dns_task = tokio::spawn(self.clone().run_dns());
+        let acme_task = tokio::spawn(crate::acme::run(self.clone()));
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -711,7 +801,10 @@ impl Daemon {
         projection.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sig = loop {
             tokio::select! {
-                _ = projection.tick() => self.project_pools().await,
+                _ = projection.tick() => {
+                    self.project_pools().await;
+                    self.project_acme().await;
+                }
                 _ = hup.recv() => { let _ = self.reload("SIGHUP").await; }
                 _ = poll.tick() => {
                     let (watch, path, known) = {
@@ -756,6 +849,7 @@ impl Daemon {
         }
         admin_task.abort();
         dns_task.abort();
+        acme_task.abort();
         Ok(())
     }
 }
@@ -785,6 +879,23 @@ impl crate::ecs::Publisher for Daemon {
             .collect()
     }
 
+    fn delete(&self, key: &str) -> Result<(), String> {
+        match self.mesh.lock().expect("mesh lock").as_ref() {
+            Some(mesh) => mesh.delete_as_leader(key).map_err(|e| e.to_string()),
+            None => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.cluster_state
+                    .lock()
+                    .expect("state lock")
+                    .delete_as_leader(key, 1, now)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     fn publish(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         match self.mesh.lock().expect("mesh lock").as_ref() {
             Some(mesh) => mesh
@@ -802,5 +913,20 @@ impl crate::ecs::Publisher for Daemon {
                     .map_err(|e| e.to_string())
             }
         }
+    }
+}
+
+impl crate::acme::AcmeHost for Daemon {
+    async fn plan(&self) -> Option<(crate::acme::AcmeSettings, Vec<String>)> {
+        let c = self.current.lock().await;
+        let settings = c.0.acme.clone()?;
+        // Wildcards need DNS-01, which is not built yet.
+        let hosts =
+            c.0.tls_hosts
+                .iter()
+                .filter(|h| !h.starts_with('*'))
+                .cloned()
+                .collect();
+        Some((settings, hosts))
     }
 }

@@ -1,6 +1,7 @@
 //! The edgemesh node: configuration, the daemon around the data path, the admin API and the
 //! operator CLI's client side. The only crate that knows about the process and (later) AWS.
 
+pub mod acme;
 pub mod admin;
 pub mod certs;
 pub mod config;

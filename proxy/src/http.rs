@@ -60,11 +60,24 @@ pub async fn handle(
     Ok(route(&shared, &conn, req).await)
 }
 
+/// Where ACME HTTP-01 validators ask for a token.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
 async fn route(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
+    // A token of an order in progress: answered here, for any host (the validator may reach
+    // any node). Unknown tokens go to the route like any request.
+    if !conn.tls {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+            if let Some(answer) = shared.acme_tokens.load().get(token) {
+                shared.metrics.unrouted(200);
+                return local(StatusCode::OK, answer.clone());
+            }
+        }
+    }
     let raw_host = req
         .uri()
         .authority()

@@ -98,6 +98,8 @@ pub struct ProxyStatus {
 /// State every connection task reaches through one `Arc`.
 pub(crate) struct Shared {
     pub table: ArcSwap<Table>,
+    /// ACME HTTP-01 answers: token -> key authorization (any node may be asked).
+    pub acme_tokens: ArcSwap<std::collections::HashMap<String, String>>,
     pub certs: Arc<CertStore>,
     pub metrics: Metrics,
     pub settings: ProxySettings,
@@ -168,6 +170,7 @@ impl Proxy {
             .max_concurrent_streams(250);
         let shared = Shared {
             table: ArcSwap::from_pointee(Table::default()),
+            acme_tokens: ArcSwap::from_pointee(Default::default()),
             tls: TlsAcceptor::from(tls::server_config(certs.clone())),
             certs,
             bytes_up: metrics.bytes(Direction::ClientToUpstream),
@@ -191,6 +194,11 @@ impl Proxy {
         let old = self.shared.table.load();
         let table = Table::build(spec, &old, &self.shared.metrics);
         self.shared.table.store(Arc::new(table));
+    }
+
+    /// Replaces the ACME HTTP-01 answers served on plain-HTTP listeners.
+    pub fn set_acme_tokens(&self, tokens: std::collections::HashMap<String, String>) {
+        self.shared.acme_tokens.store(Arc::new(tokens));
     }
 
     pub fn certs(&self) -> &Arc<CertStore> {

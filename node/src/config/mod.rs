@@ -63,6 +63,22 @@ struct RawConfig {
     gossip: Option<RawGossip>,
     ecs: Option<RawEcs>,
     dns: Option<RawDns>,
+    acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    /// The CA's directory URL (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    directory: String,
+    #[serde(default)]
+    contact: Vec<String>,
+    /// A PEM root to trust for the CA's own HTTPS (test CAs).
+    root_pem: Option<PathBuf>,
+    /// How long a published HTTP-01 token is given to reach every node.
+    propagation_ms: Option<u64>,
+    /// Renew at this fraction of the lifetime (when the CA suggests no window).
+    renew_fraction: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -260,6 +276,8 @@ pub struct Config {
     pub dns_targets: BTreeMap<String, crate::dns::DnsTarget>,
     /// Name servers for DNS pools (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
+    /// ACME issuance for the route hosts, when `[acme]` is present.
+    pub acme: Option<crate::acme::AcmeSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -584,6 +602,42 @@ pub fn parse(
     };
 
     let ecs = ecs_settings(&raw, &ecs_targets, &err, env)?;
+    let acme = match &raw.acme {
+        None => None,
+        Some(a) => {
+            if !(a.directory.starts_with("https://") || a.directory.starts_with("http://")) {
+                return Err(err(
+                    "acme.directory",
+                    format!("{:?} is not an http(s) URL", a.directory),
+                ));
+            }
+            for (i, c) in a.contact.iter().enumerate() {
+                if !c.starts_with("mailto:") {
+                    return Err(err(
+                        &format!("acme.contact[{i}]"),
+                        format!("{c:?} must be a mailto: URI"),
+                    ));
+                }
+            }
+            let fraction = a.renew_fraction.unwrap_or(2.0 / 3.0);
+            if !(0.05..=0.95).contains(&fraction) {
+                return Err(err(
+                    "acme.renew_fraction",
+                    format!("{fraction} is outside 0.05..=0.95"),
+                ));
+            }
+            Some(crate::acme::AcmeSettings {
+                directory: a.directory.clone(),
+                contact: a.contact.clone(),
+                root_pem: a
+                    .root_pem
+                    .as_ref()
+                    .map(|p| path.parent().unwrap_or(Path::new(".")).join(p)),
+                propagation: Duration::from_millis(a.propagation_ms.unwrap_or(2_000)),
+                renew_fraction: fraction,
+            })
+        }
+    };
     let dns_servers = raw
         .dns
         .as_ref()
@@ -622,6 +676,7 @@ pub fn parse(
         ecs_targets,
         dns_targets,
         dns_servers,
+        acme,
     })
 }
 

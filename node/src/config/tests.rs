@@ -388,3 +388,35 @@ fn dns_pools_and_their_errors() {
     );
     assert_eq!(error_of(&src).key.as_deref(), Some("dns.servers[0]"));
 }
+
+#[test]
+fn acme_section_and_its_errors() {
+    let with = |acme: &str| {
+        GOOD.replace(
+            "[pools.files]\nendpoints = []",
+            &format!("[pools.files]\nendpoints = []\n[acme]\n{acme}"),
+        )
+    };
+    let c = parse_str(&with("directory = \"https://ca.test/dir\"\ncontact = [\"mailto:a@b.test\"]\nroot_pem = \"roots/ca.pem\"")).unwrap();
+    let a = c.acme.unwrap();
+    assert_eq!(a.directory, "https://ca.test/dir");
+    assert_eq!(
+        a.root_pem.unwrap(),
+        Path::new("roots/ca.pem"),
+        "relative to the config file"
+    );
+    assert!((a.renew_fraction - 2.0 / 3.0).abs() < 1e-9);
+    for (bad, key) in [
+        ("directory = \"ca.test\"", "acme.directory"),
+        (
+            "directory = \"https://ca.test\"\ncontact = [\"a@b.test\"]",
+            "acme.contact[0]",
+        ),
+        (
+            "directory = \"https://ca.test\"\nrenew_fraction = 1.5",
+            "acme.renew_fraction",
+        ),
+    ] {
+        assert_eq!(error_of(&with(bad)).key.as_deref(), Some(key), "{bad}");
+    }
+}

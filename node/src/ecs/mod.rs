@@ -49,6 +49,8 @@ pub trait Publisher: Send + Sync {
     fn keys(&self, prefix: &str) -> Vec<String>;
     /// Writes as the acting leader; fails when this node is not (any more).
     fn publish(&self, key: &str, value: Vec<u8>) -> Result<(), String>;
+    /// Deletes as the acting leader.
+    fn delete(&self, key: &str) -> Result<(), String>;
 }
 
 /// The leader's last poll, replicated so `meshctl topology` shows it on every node.

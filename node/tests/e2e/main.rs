@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `edgemesh` binary, real clients and backends over loopback.
 //! One test binary for the whole suite (link time matters on 2 cores).
 
+mod acme;
 mod dns;
 mod ecs;
 mod harness;

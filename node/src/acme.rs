@@ -1,0 +1,247 @@
+//! ACME in the mesh: the acting leader orders certificates for the route hosts, publishes the
+//! HTTP-01 tokens into the cluster state (every node answers them), and publishes each
+//! certificate under `cert/<host>`. Every node serves what the state holds and keeps a copy
+//! in its data directory (key files mode 0600), so it serves at once after a restart.
+//!
+//! Keep the last good state: a failed order leaves the current certificate in place, is
+//! logged and retried with back-off; a certificate is replaced only by a newer one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edgemesh_acme::{issue, open_account, renew_at, ChallengeStore, DirectoryConfig, Validity};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::ecs::model::{decode, encode};
+use crate::ecs::poll::Backoff;
+use crate::ecs::Publisher;
+
+pub const CERT_PREFIX: &str = "cert/";
+pub const TOKEN_PREFIX: &str = "acme/token/";
+pub const ACCOUNT_KEY: &str = "acme/account";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub root_pem: Option<PathBuf>,
+    pub propagation: Duration,
+    pub renew_fraction: f64,
+}
+
+/// A certificate as the leader publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub names: Vec<String>,
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// HTTP-01 answers in the cluster state.
+struct StateChallenges {
+    publisher: Arc<dyn Publisher>,
+    propagation: Duration,
+}
+
+impl ChallengeStore for StateChallenges {
+    async fn put(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+        self.publisher.publish(
+            &format!("{TOKEN_PREFIX}{token}"),
+            key_authorization.as_bytes().to_vec(),
+        )?;
+        // Broadcasts reach every node in well under a second (BENCHMARKS.md); give them
+        // this long before the CA's validator may ask any of them.
+        tokio::time::sleep(self.propagation).await;
+        Ok(())
+    }
+
+    async fn remove(&self, token: &str) {
+        let _ = self.publisher.delete(&format!("{TOKEN_PREFIX}{token}"));
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What the loop asks the daemon for every turn.
+pub trait AcmeHost: Publisher {
+    /// The settings and the hosts to certify, from the running configuration.
+    fn plan(&self)
+        -> impl std::future::Future<Output = Option<(AcmeSettings, Vec<String>)>> + Send;
+}
+
+/// Orders and renews while this node is the acting leader, forever.
+pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
+    let mut account: Option<(String, edgemesh_acme::Account)> = None;
+    let mut retry_at: BTreeMap<String, (Instant, Backoff)> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some((settings, hosts)) = host.plan().await else {
+            continue;
+        };
+        if !host.acting() {
+            continue;
+        }
+        let cfg = DirectoryConfig {
+            url: settings.directory.clone(),
+            contact: settings.contact.clone(),
+            root_pem: settings.root_pem.clone(),
+        };
+        if account.as_ref().is_none_or(|(url, _)| *url != cfg.url) {
+            let stored = host
+                .get(ACCOUNT_KEY)
+                .and_then(|b| String::from_utf8(b).ok());
+            match open_account(&cfg, stored.as_deref()).await {
+                Ok((acct, creds)) => {
+                    if stored.as_deref() != Some(creds.as_str()) {
+                        let _ = host.publish(ACCOUNT_KEY, creds.into_bytes());
+                    }
+                    account = Some((cfg.url.clone(), acct));
+                }
+                Err(e) => {
+                    warn!(error = %e, directory = %cfg.url, "ACME account unavailable");
+                    continue;
+                }
+            }
+        }
+        let (_, acct) = account.as_ref().expect("opened above");
+        let store = StateChallenges {
+            publisher: host.clone(),
+            propagation: settings.propagation,
+        };
+        for name in hosts {
+            if retry_at
+                .get(&name)
+                .is_some_and(|(at, _)| Instant::now() < *at)
+            {
+                continue;
+            }
+            let current = host
+                .get(&format!("{CERT_PREFIX}{name}"))
+                .and_then(|b| decode::<CertRecord>(&b));
+            let due = current.as_ref().is_none_or(|c| {
+                let v = Validity {
+                    not_before: c.not_before,
+                    not_after: c.not_after,
+                };
+                unix_now() >= renew_at(v, None, settings.renew_fraction, 0.5)
+            });
+            if !due || !host.acting() {
+                continue;
+            }
+            info!(host = %name, renewal = current.is_some(), "ACME order starts");
+            match issue(
+                acct,
+                std::slice::from_ref(&name),
+                &store,
+                Duration::from_secs(60),
+            )
+            .await
+            {
+                Ok(i) => {
+                    let record = CertRecord {
+                        names: vec![name.clone()],
+                        chain_pem: i.chain_pem,
+                        key_pem: i.key_pem,
+                        not_before: i.validity.not_before,
+                        not_after: i.validity.not_after,
+                    };
+                    match host.publish(&format!("{CERT_PREFIX}{name}"), encode(&record)) {
+                        Ok(()) => {
+                            info!(host = %name, not_after = record.not_after, "certificate issued and shared")
+                        }
+                        Err(e) => {
+                            warn!(host = %name, error = %e, "certificate issued but not published (leadership lost)")
+                        }
+                    }
+                    retry_at.remove(&name);
+                }
+                Err(e) => {
+                    let entry = retry_at
+                        .entry(name.clone())
+                        .or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(5))));
+                    let wait = if e.rate_limited {
+                        Duration::from_secs(3600)
+                    } else {
+                        entry.1.next(false, fastrand::f64())
+                    };
+                    entry.0 = Instant::now() + wait;
+                    warn!(host = %name, step = e.step, rate_limited = e.rate_limited, error = %e.message,
+                        retry_in_secs = wait.as_secs(), "ACME order failed; the current certificate stays");
+                }
+            }
+        }
+    }
+}
+
+/// Writes `record` as `dir/<host>.crt` and `dir/<host>.key` (0600), atomically.
+pub fn persist(dir: &Path, host: &str, record: &CertRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    for (ext, body, mode) in [
+        ("crt", &record.chain_pem, 0o644),
+        ("key", &record.key_pem, 0o600),
+    ] {
+        let path = dir.join(format!("{host}.{ext}"));
+        let tmp = dir.join(format!(".{host}.{ext}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
+/// The certificates kept in `dir` (cold start before the mesh answers).
+pub fn load_dir(dir: &Path) -> Vec<(String, CertRecord)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let path = e.path();
+        let Some(host) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".crt"))
+            .filter(|n| !n.starts_with('.'))
+        else {
+            continue;
+        };
+        let (Ok(chain_pem), Ok(key_pem)) = (
+            std::fs::read_to_string(&path),
+            std::fs::read_to_string(dir.join(format!("{host}.key"))),
+        ) else {
+            continue;
+        };
+        let Some(v) = Validity::of_pem(&chain_pem) else {
+            warn!(file = %path.display(), "stored certificate does not parse; ignored");
+            continue;
+        };
+        out.push((
+            host.to_string(),
+            CertRecord {
+                names: vec![host.to_string()],
+                chain_pem,
+                key_pem,
+                not_before: v.not_before,
+                not_after: v.not_after,
+            },
+        ));
+    }
+    out
+}

@@ -1,0 +1,161 @@
+//! Leader-elected ACME against pebble: the HTTP-01 validation reaches a node that is not the
+//! leader, and every node serves the certificate.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use edgemesh_acme::testing::Pebble;
+
+use crate::harness::{self, Node};
+
+const TEMPLATE: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[gossip]
+bind = "127.0.0.1:{gossip}"
+sync_port = {sync}
+sync_interval_secs = 1
+node_id = "{id}"
+seeds = [{seeds}]
+key_file = "{keyfile}"
+probe_period_ms = 200
+probe_rtt_ms = 100
+suspect_to_down_ms = 1000
+bootstrap_expect = 3
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{http}"
+kind = "http"
+
+[[listeners]]
+name = "websecure"
+addr = "127.0.0.1:{https}"
+kind = "https"
+
+[[routes]]
+hosts = ["shop.edge.test"]
+pool = "shop"
+
+[pools.shop]
+endpoints = ["{backend}"]
+{acme}
+"#;
+
+/// Whether `node` serves `host` with a certificate that chains to `root`.
+async fn serves(node: &Node, host: &str, root: &Path) -> bool {
+    harness::tls_connect(node.addr("https"), host, root, &[b"http/1.1"])
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_serves() {
+    let backend = harness::backend("shop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = harness::cluster_key(dir.path());
+    let mut vars = vec![
+        ("keyfile", key.display().to_string()),
+        ("backend", backend.addr.to_string()),
+        ("acme", String::new()),
+        ("seeds", String::new()),
+        ("id", String::new()),
+    ];
+    let mut nodes: Vec<(String, Node)> = Vec::new();
+    for i in 0..3 {
+        vars[4].1 = format!("a{i}");
+        let n = harness::node(TEMPLATE, &vars).await;
+        if i == 0 {
+            vars[3].1 = format!("\"127.0.0.1:{}\"", n.port("gossip"));
+        }
+        nodes.push((format!("a{i}"), n));
+    }
+    // Find the leader, then point pebble's HTTP-01 validation at another node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let mut acting = None;
+        for (id, n) in &nodes {
+            if n.status().await["mesh"]["election"]["acting"] == true {
+                acting = Some(id.clone());
+            }
+        }
+        if let Some(l) = acting {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (validator_id, validated) = nodes.iter().find(|(id, _)| *id != leader).unwrap();
+    let pebble = Pebble::start(validated.port("http"), &[]);
+    eprintln!("leader {leader}; pebble validates through {validator_id}");
+
+    // pebble's root for the certificates it issues, from its management API.
+    let (_, status, roots) = harness::tls_get(
+        pebble.management,
+        "localhost",
+        &pebble.root,
+        false,
+        "/roots/0",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let issuer_root = dir.path().join("pebble-root.pem");
+    std::fs::write(&issuer_root, roots).unwrap();
+
+    let acme = format!(
+        "[acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@edge.test\"]\nroot_pem = \"{}\"\npropagation_ms = 1500\n",
+        pebble.directory,
+        pebble.root.display()
+    );
+    vars[2].1 = acme;
+    let start = Instant::now();
+    for (id, n) in &nodes {
+        let mut v = vars.clone();
+        v[4].1 = id.clone();
+        if id == "a0" {
+            v[3].1 = String::new();
+        }
+        n.write_config(TEMPLATE, &v);
+        let (code, body) = n.reload().await;
+        assert_eq!(code, 200, "{body}");
+    }
+    for (id, n) in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !serves(n, "shop.edge.test", &issuer_root).await {
+            assert!(
+                Instant::now() < deadline,
+                "{id} does not serve pebble's certificate\n{}",
+                n.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (_, status, body) =
+            harness::tls_get(n.addr("https"), "shop.edge.test", &issuer_root, false, "/").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("shop GET /"), "{body}");
+        // Kept on disk for a cold start, the key readable by the owner only.
+        let key = n.dir.path().join("data/acme/shop.edge.test.key");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+    eprintln!(
+        "every node served pebble's certificate {:?} after ACME was configured",
+        start.elapsed()
+    );
+    let leader_log = &nodes.iter().find(|(id, _)| *id == leader).unwrap().1.log();
+    assert_eq!(
+        leader_log.matches("ACME order starts").count(),
+        1,
+        "one order"
+    );
+    let validator_log = validated.log();
+    assert!(
+        !validator_log.contains("ACME order starts"),
+        "only the leader orders"
+    );
+}
