@@ -76,6 +76,10 @@ pub trait AcmeHost: Publisher {
     /// The settings and the hosts to certify, from the running configuration.
     fn plan(&self)
         -> impl std::future::Future<Output = Option<(AcmeSettings, Vec<String>)>> + Send;
+    /// What this node itself holds (from its disk after a restart, or the state): after a
+    /// whole-cluster restart the state is empty, and these must not be ordered again.
+    fn local_cert(&self, host: &str) -> Option<CertRecord>;
+    fn local_account(&self) -> Option<String>;
 }
 
 /// Orders and renews while this node is the acting leader, forever.
@@ -98,7 +102,8 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
         if account.as_ref().is_none_or(|(url, _)| *url != cfg.url) {
             let stored = host
                 .get(ACCOUNT_KEY)
-                .and_then(|b| String::from_utf8(b).ok());
+                .and_then(|b| String::from_utf8(b).ok())
+                .or_else(|| host.local_account());
             match open_account(&cfg, stored.as_deref()).await {
                 Ok((acct, creds)) => {
                     if stored.as_deref() != Some(creds.as_str()) {
@@ -124,9 +129,20 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             {
                 continue;
             }
-            let current = host
-                .get(&format!("{CERT_PREFIX}{name}"))
-                .and_then(|b| decode::<CertRecord>(&b));
+            let key = format!("{CERT_PREFIX}{name}");
+            let in_state = host.get(&key).and_then(|b| decode::<CertRecord>(&b));
+            let current = match (in_state, host.local_cert(&name)) {
+                (Some(s), Some(l)) if l.not_after > s.not_after => Some(l),
+                (Some(s), _) => Some(s),
+                (None, Some(l)) => {
+                    // A restarted cluster: share what this node kept instead of ordering.
+                    if host.publish(&key, encode(&l)).is_ok() {
+                        info!(host = %name, "certificate from this node's disk shared again");
+                    }
+                    Some(l)
+                }
+                (None, None) => None,
+            };
             let due = current.as_ref().is_none_or(|c| {
                 let v = Validity {
                     not_before: c.not_before,
@@ -184,26 +200,30 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
 
 /// Writes `record` as `dir/<host>.crt` and `dir/<host>.key` (0600), atomically.
 pub fn persist(dir: &Path, host: &str, record: &CertRecord) -> std::io::Result<()> {
+    // The key first: a chain on disk always has its key beside it.
+    write_private(dir, &format!("{host}.key"), &record.key_pem, 0o600)?;
+    write_private(dir, &format!("{host}.crt"), &record.chain_pem, 0o644)
+}
+
+/// Writes the ACME account credentials as `dir/account.json` (0600), atomically.
+pub fn persist_account(dir: &Path, json: &str) -> std::io::Result<()> {
+    write_private(dir, "account.json", json, 0o600)
+}
+
+fn write_private(dir: &Path, name: &str, body: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    for (ext, body, mode) in [
-        ("crt", &record.chain_pem, 0o644),
-        ("key", &record.key_pem, 0o600),
-    ] {
-        let path = dir.join(format!("{host}.{ext}"));
-        let tmp = dir.join(format!(".{host}.{ext}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(body.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(())
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(body.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 /// The certificates kept in `dir` (cold start before the mesh answers).

@@ -85,6 +85,8 @@ pub struct Daemon {
     /// ACME answers and certificates last projected from the cluster state.
     acme_tokens: Mutex<std::collections::HashMap<String, String>>,
     acme_certs: Mutex<BTreeMap<String, crate::acme::CertRecord>>,
+    /// The ACME account credentials as last seen (state or disk).
+    acme_account: Mutex<Option<String>>,
     /// Routes from ECS docker labels last applied, and the ones refused.
     labels: Mutex<projection::LabelTable>,
     gossip_packets: Family<PacketLabel, Counter>,
@@ -260,6 +262,7 @@ impl Daemon {
             ProxySettings::default(),
             workers,
         ));
+        let config_data_dir = config.data_dir.clone();
         // Cold start: the certificates this node kept serve before the mesh answers.
         let acme_certs: BTreeMap<String, crate::acme::CertRecord> =
             crate::acme::load_dir(&config.data_dir.join("acme"))
@@ -325,6 +328,9 @@ impl Daemon {
             labels: Mutex::new(projection::LabelTable::default()),
             acme_tokens: Mutex::new(Default::default()),
             acme_certs: Mutex::new(acme_certs),
+            acme_account: Mutex::new(
+                std::fs::read_to_string(config_data_dir.join("acme/account.json")).ok(),
+            ),
             mesh: Mutex::new(mesh),
             gossip_packets,
             gossip_members,
@@ -452,8 +458,12 @@ impl Daemon {
     /// ACME tokens and certificates from the cluster state: tokens to the proxy, certificates
     /// to the certificate store and the data directory.
     async fn project_acme(&self) {
-        let (tokens, certs) = {
+        let (tokens, certs, account) = {
             let state = self.cluster_state.lock().expect("state lock");
+            let account = state
+                .leader_entries(crate::acme::ACCOUNT_KEY)
+                .find(|(k, _)| *k == crate::acme::ACCOUNT_KEY)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
             let tokens: std::collections::HashMap<String, String> = state
                 .leader_entries(crate::acme::TOKEN_PREFIX)
                 .map(|(k, v)| {
@@ -472,8 +482,18 @@ impl Daemon {
                     ))
                 })
                 .collect();
-            (tokens, certs)
+            (tokens, certs, account)
         };
+        if let Some(json) = account {
+            let changed = self.acme_account.lock().expect("acme lock").as_deref() != Some(&json);
+            if changed {
+                let dir = self.current.lock().await.0.data_dir.join("acme");
+                if let Err(e) = crate::acme::persist_account(&dir, &json) {
+                    warn!(error = %e, dir = %dir.display(), "ACME account not written to disk");
+                }
+                *self.acme_account.lock().expect("acme lock") = Some(json);
+            }
+        }
         if *self.acme_tokens.lock().expect("acme lock") != tokens {
             self.proxy.set_acme_tokens(tokens.clone());
             *self.acme_tokens.lock().expect("acme lock") = tokens;
@@ -928,5 +948,17 @@ impl crate::acme::AcmeHost for Daemon {
                 .cloned()
                 .collect();
         Some((settings, hosts))
+    }
+
+    fn local_cert(&self, host: &str) -> Option<crate::acme::CertRecord> {
+        self.acme_certs
+            .lock()
+            .expect("acme lock")
+            .get(host)
+            .cloned()
+    }
+
+    fn local_account(&self) -> Option<String> {
+        self.acme_account.lock().expect("acme lock").clone()
     }
 }

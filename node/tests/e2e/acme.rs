@@ -75,20 +75,7 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         nodes.push((format!("a{i}"), n));
     }
     // Find the leader, then point pebble's HTTP-01 validation at another node.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        let mut acting = None;
-        for (id, n) in &nodes {
-            if n.status().await["mesh"]["election"]["acting"] == true {
-                acting = Some(id.clone());
-            }
-        }
-        if let Some(l) = acting {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let leader = wait_a_leader(&nodes).await;
     let (validator_id, validated) = nodes.iter().find(|(id, _)| *id != leader).unwrap();
     let pebble = Pebble::start(validated.port("http"), &[]);
     eprintln!("leader {leader}; pebble validates through {validator_id}");
@@ -158,4 +145,41 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         !validator_log.contains("ACME order starts"),
         "only the leader orders"
     );
+
+    // Restart every node: each serves the certificate from its disk at once, and nobody
+    // orders again (the certificate in the cluster state is still valid).
+    for (_, n) in &mut nodes {
+        n.restart().await;
+    }
+    for (id, n) in &nodes {
+        assert!(
+            serves(n, "shop.edge.test", &issuer_root).await,
+            "{id} does not serve the certificate right after its restart"
+        );
+    }
+    wait_a_leader(&nodes).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let orders: usize = nodes
+        .iter()
+        .map(|(_, n)| n.log().matches("ACME order starts").count())
+        .sum();
+    assert_eq!(orders, 1, "a whole-cluster restart placed a new order");
+    let accounts: usize = nodes
+        .iter()
+        .map(|(_, n)| n.log().matches("ACME account created").count())
+        .sum();
+    assert_eq!(accounts, 1, "the account is created once and reused");
+}
+
+async fn wait_a_leader(nodes: &[(String, Node)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (id, n) in nodes {
+            if n.status().await["mesh"]["election"]["acting"] == true {
+                return id.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -33,6 +33,7 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub ports: HashMap<&'static str, u16>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -87,6 +88,20 @@ impl Node {
             .unwrap()
     }
 
+    /// kill -9, then the same process again on the same configuration and data directory
+    /// (the log is appended to).
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let env: Vec<(&str, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        self.child = spawn_edgemesh(&self.config, self.dir.path(), &env);
+        self.wait_ready().await;
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
@@ -130,7 +145,11 @@ impl Drop for Node {
 }
 
 fn spawn_edgemesh(config: &Path, dir: &Path, env: &[(&str, String)]) -> Child {
-    let log = std::fs::File::create(dir.join("edgemesh.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("edgemesh.log"))
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_edgemesh"))
         .arg("--config")
         .arg(config)
@@ -185,6 +204,10 @@ pub async fn node_env(template: &str, vars: &[(&str, String)], env: &[(&str, Str
         dir,
         config,
         ports,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
     };
     n.wait_ready().await;
     n
