@@ -34,6 +34,16 @@ pub trait ChallengeStore: Send + Sync {
         key_authorization: &str,
     ) -> impl Future<Output = Result<(), String>> + Send;
     fn remove(&self, token: &str) -> impl Future<Output = ()> + Send;
+    /// Called with the order's URL and the new key right before the CA is asked to issue: a
+    /// store that records them lets another node [`resume`] the order if this one dies, so
+    /// the certificate is issued once.
+    fn before_finalize(
+        &self,
+        _order_url: &str,
+        _key_pem: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A certificate and its key, PEM.
@@ -199,6 +209,10 @@ async fn issue_once<S: ChallengeStore>(
         let csr = rcgen::CertificateParams::new(names.to_vec())
             .and_then(|p| p.serialize_request(&key))
             .map_err(|e| other("CSR", e))?;
+        store
+            .before_finalize(order.url(), &key.serialize_pem())
+            .await
+            .map_err(|e| other("recording the order", e))?;
         order
             .finalize_csr(csr.der())
             .await
@@ -220,4 +234,50 @@ async fn issue_once<S: ChallengeStore>(
         store.remove(token).await;
     }
     result
+}
+
+/// Picks up an order another node finalized (or was about to): the certificate when the CA
+/// issued it, `None` when the order never got that far (a new order is then needed).
+pub async fn resume(
+    account: &Account,
+    order_url: &str,
+    key_pem: &str,
+    names: &[String],
+    patience: Duration,
+) -> Result<Option<Issued>, AcmeError> {
+    let mut order = account
+        .order(order_url.to_string())
+        .await
+        .map_err(err("resume order"))?;
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(patience);
+    let status = order.state().status;
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| other("stored key", e))?;
+    match status {
+        OrderStatus::Valid | OrderStatus::Processing => {}
+        OrderStatus::Ready => {
+            // Validated but never finalized: finish it with the recorded key.
+            let csr = rcgen::CertificateParams::new(names.to_vec())
+                .and_then(|p| p.serialize_request(&key))
+                .map_err(|e| other("CSR", e))?;
+            order
+                .finalize_csr(csr.der())
+                .await
+                .map_err(err("finalize"))?;
+        }
+        _ => return Ok(None),
+    }
+    let chain_pem = order
+        .poll_certificate(&retry)
+        .await
+        .map_err(err("certificate"))?;
+    let validity = Validity::of_pem(&chain_pem)
+        .ok_or_else(|| other("certificate", "the CA's chain does not parse"))?;
+    Ok(Some(Issued {
+        chain_pem,
+        key_pem: key_pem.to_string(),
+        validity,
+    }))
 }

@@ -11,5 +11,5 @@ pub mod renewal;
 pub mod testing;
 
 pub use instant_acme::Account;
-pub use issue::{issue, open_account, AcmeError, ChallengeStore, DirectoryConfig, Issued};
+pub use issue::{issue, open_account, resume, AcmeError, ChallengeStore, DirectoryConfig, Issued};
 pub use renewal::{renew_at, Validity};

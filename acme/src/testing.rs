@@ -125,6 +125,14 @@ impl Pebble {
         p
     }
 
+    /// Certificates pebble has issued so far (from its log).
+    pub fn issued(&self) -> usize {
+        std::fs::read_to_string(self._dir.path().join("pebble.log"))
+            .unwrap_or_default()
+            .matches("Issued certificate serial")
+            .count()
+    }
+
     pub fn config(&self) -> DirectoryConfig {
         DirectoryConfig {
             url: self.directory.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgemesh_acme::testing::Pebble;
-use edgemesh_acme::{issue, open_account, ChallengeStore};
+use edgemesh_acme::{issue, open_account, resume, ChallengeStore};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -28,6 +28,26 @@ impl ChallengeStore for Tokens {
 
     async fn remove(&self, token: &str) {
         self.0.lock().unwrap().remove(token);
+    }
+}
+
+/// Records the order about to be finalized, as the node does in the cluster state.
+#[derive(Clone, Default)]
+struct Recording {
+    tokens: Tokens,
+    pending: Arc<Mutex<Option<(String, String)>>>,
+}
+
+impl ChallengeStore for Recording {
+    async fn put(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+        self.tokens.put(token, key_authorization).await
+    }
+    async fn remove(&self, token: &str) {
+        self.tokens.remove(token).await
+    }
+    async fn before_finalize(&self, url: &str, key_pem: &str) -> Result<(), String> {
+        *self.pending.lock().unwrap() = Some((url.to_string(), key_pem.to_string()));
+        Ok(())
     }
 }
 
@@ -156,4 +176,25 @@ async fn a_failed_validation_is_an_error_naming_the_step() {
         .err()
         .unwrap();
     assert_eq!(e.step, "stored account", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_order_is_resumed_for_its_certificate_not_ordered_again() {
+    let store = Recording::default();
+    let port = serve_tokens(store.tokens.clone()).await;
+    let pebble = Pebble::start(port, &[]);
+    let (account, _) = open_account(&pebble.config(), None).await.unwrap();
+    let names = names(&["resume.edge.test"]);
+    let issued = issue(&account, &names, &store, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (url, key) = store.pending.lock().unwrap().clone().expect("recorded");
+    // Another node picks the order up: the same certificate, the same key, no new order.
+    let again = resume(&account, &url, &key, &names, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a valid order gives its certificate");
+    assert_eq!(again.chain_pem, issued.chain_pem);
+    assert_eq!(again.key_pem, issued.key_pem);
+    assert_eq!(pebble.issued(), 1, "the CA issued once");
 }

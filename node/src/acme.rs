@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgemesh_acme::{issue, open_account, renew_at, ChallengeStore, DirectoryConfig, Validity};
+use edgemesh_acme::{
+    issue, open_account, renew_at, resume, ChallengeStore, DirectoryConfig, Validity,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -22,6 +24,14 @@ use crate::ecs::Publisher;
 pub const CERT_PREFIX: &str = "cert/";
 pub const TOKEN_PREFIX: &str = "acme/token/";
 pub const ACCOUNT_KEY: &str = "acme/account";
+/// An order about to be finalized: its URL and key, so the next leader can resume it.
+pub const PENDING_PREFIX: &str = "acme/pending/";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    order_url: String,
+    key_pem: String,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AcmeSettings {
@@ -46,6 +56,7 @@ pub struct CertRecord {
 struct StateChallenges {
     publisher: Arc<dyn Publisher>,
     propagation: Duration,
+    host: String,
 }
 
 impl ChallengeStore for StateChallenges {
@@ -62,6 +73,15 @@ impl ChallengeStore for StateChallenges {
 
     async fn remove(&self, token: &str) {
         let _ = self.publisher.delete(&format!("{TOKEN_PREFIX}{token}"));
+    }
+
+    async fn before_finalize(&self, order_url: &str, key_pem: &str) -> Result<(), String> {
+        let pending = Pending {
+            order_url: order_url.to_string(),
+            key_pem: key_pem.to_string(),
+        };
+        self.publisher
+            .publish(&format!("{PENDING_PREFIX}{}", self.host), encode(&pending))
     }
 }
 
@@ -118,11 +138,12 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             }
         }
         let (_, acct) = account.as_ref().expect("opened above");
-        let store = StateChallenges {
-            publisher: host.clone(),
-            propagation: settings.propagation,
-        };
         for name in hosts {
+            let store = StateChallenges {
+                publisher: host.clone(),
+                propagation: settings.propagation,
+                host: name.clone(),
+            };
             if retry_at
                 .get(&name)
                 .is_some_and(|(at, _)| Instant::now() < *at)
@@ -153,15 +174,42 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             if !due || !host.acting() {
                 continue;
             }
-            info!(host = %name, renewal = current.is_some(), "ACME order starts");
-            match issue(
-                acct,
-                std::slice::from_ref(&name),
-                &store,
-                Duration::from_secs(60),
-            )
-            .await
-            {
+            let names = std::slice::from_ref(&name);
+            let pending_key = format!("{PENDING_PREFIX}{name}");
+            // A previous leader may have died after asking the CA to issue: finish its order
+            // rather than placing another (the certificate is issued once).
+            let resumed = match host.get(&pending_key).and_then(|b| decode::<Pending>(&b)) {
+                None => None,
+                Some(p) => {
+                    let r = resume(
+                        acct,
+                        &p.order_url,
+                        &p.key_pem,
+                        names,
+                        Duration::from_secs(60),
+                    )
+                    .await;
+                    match r {
+                        Ok(Some(i)) => {
+                            info!(host = %name, order = %p.order_url, "resumed the previous leader's order");
+                            Some(i)
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            warn!(host = %name, error = %e, "previous leader's order not resumable; ordering anew");
+                            None
+                        }
+                    }
+                }
+            };
+            let result = match resumed {
+                Some(i) => Ok(i),
+                None => {
+                    info!(host = %name, renewal = current.is_some(), "ACME order starts");
+                    issue(acct, names, &store, Duration::from_secs(60)).await
+                }
+            };
+            match result {
                 Ok(i) => {
                     let record = CertRecord {
                         names: vec![name.clone()],
@@ -178,6 +226,8 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                             warn!(host = %name, error = %e, "certificate issued but not published (leadership lost)")
                         }
                     }
+                    // Done with it: a later leader must not resume this order.
+                    let _ = host.delete(&pending_key);
                     retry_at.remove(&name);
                 }
                 Err(e) => {

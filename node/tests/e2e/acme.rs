@@ -41,6 +41,8 @@ kind = "https"
 hosts = ["shop.edge.test"]
 pool = "shop"
 
+{extra}
+
 [pools.shop]
 endpoints = ["{backend}"]
 {acme}
@@ -64,6 +66,7 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         ("acme", String::new()),
         ("seeds", String::new()),
         ("id", String::new()),
+        ("extra", String::new()),
     ];
     let mut nodes: Vec<(String, Node)> = Vec::new();
     for i in 0..3 {
@@ -169,6 +172,45 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         .map(|(_, n)| n.log().matches("ACME account created").count())
         .sum();
     assert_eq!(accounts, 1, "the account is created once and reused");
+    assert_eq!(pebble.issued(), 1);
+
+    // A new host; the leader is killed as soon as its order starts. The next leader orders
+    // (or resumes the recorded order), every surviving node serves the certificate, and the
+    // CA issued it once.
+    let leader = wait_a_leader(&nodes).await;
+    vars[5].1 = "[[routes]]\nhosts = [\"api.edge.test\"]\npool = \"shop\"\n".into();
+    for (id, n) in &nodes {
+        let mut v = vars.clone();
+        v[4].1 = id.clone();
+        if id == "a0" {
+            v[3].1 = String::new();
+        }
+        n.write_config(TEMPLATE, &v);
+        let (code, body) = n.reload().await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let i = nodes.iter().position(|(id, _)| *id == leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes[i].1.log().matches("ACME order starts").count() < 2 {
+        assert!(Instant::now() < deadline, "no order for the new host");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, mut dead) = nodes.remove(i);
+    dead.child.kill().unwrap();
+    let _ = dead.child.wait();
+    eprintln!("killed leader {leader} mid-order");
+    for (id, n) in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !serves(n, "api.edge.test", &issuer_root).await {
+            assert!(
+                Instant::now() < deadline,
+                "{id} never served api.edge.test\n{}",
+                n.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(pebble.issued(), 2, "api.edge.test issued exactly once");
 }
 
 async fn wait_a_leader(nodes: &[(String, Node)]) -> String {
