@@ -40,6 +40,8 @@ pub struct AcmeSettings {
     pub root_pem: Option<PathBuf>,
     pub propagation: Duration,
     pub renew_fraction: f64,
+    /// Renew once a certificate is this old, if that comes first.
+    pub renew_after: Option<Duration>,
 }
 
 /// A certificate as the leader publishes it.
@@ -169,7 +171,10 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                     not_before: c.not_before,
                     not_after: c.not_after,
                 };
-                unix_now() >= renew_at(v, None, settings.renew_fraction, 0.5)
+                let by_age = settings
+                    .renew_after
+                    .map_or(i64::MAX, |d| c.not_before + d.as_secs() as i64);
+                unix_now() >= renew_at(v, None, settings.renew_fraction, 0.5).min(by_age)
             });
             if !due || !host.acting() {
                 continue;

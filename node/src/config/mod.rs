@@ -79,6 +79,8 @@ struct RawAcme {
     propagation_ms: Option<u64>,
     /// Renew at this fraction of the lifetime (when the CA suggests no window).
     renew_fraction: Option<f64>,
+    /// Renew once a certificate is this old, whatever its lifetime (tests, short-lived CAs).
+    renew_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -635,6 +637,7 @@ pub fn parse(
                     .map(|p| path.parent().unwrap_or(Path::new(".")).join(p)),
                 propagation: Duration::from_millis(a.propagation_ms.unwrap_or(2_000)),
                 renew_fraction: fraction,
+                renew_after: a.renew_after_secs.map(Duration::from_secs),
             })
         }
     };

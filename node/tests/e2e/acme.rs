@@ -225,3 +225,116 @@ async fn wait_a_leader(nodes: &[(String, Node)]) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+const SINGLE: &str = r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{http}"
+kind = "http"
+
+[[listeners]]
+name = "websecure"
+addr = "127.0.0.1:{https}"
+kind = "https"
+
+[[routes]]
+hosts = ["renew.edge.test"]
+pool = "app"
+
+[pools.app]
+endpoints = ["{backend}"]
+{acme}
+"#;
+
+/// The leaf certificate `node` serves for `host`, if the handshake succeeds.
+async fn served_leaf(node: &Node, host: &str, root: &Path) -> Option<Vec<u8>> {
+    let tls = harness::tls_connect(node.addr("https"), host, root, &[b"http/1.1"])
+        .await
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_certificate_is_renewed_once_while_https_traffic_flows() {
+    let backend = harness::backend("app").await;
+    let mut vars = vec![
+        ("backend", backend.addr.to_string()),
+        ("acme", String::new()),
+    ];
+    let node = harness::node(SINGLE, &vars).await;
+    let pebble = Pebble::start(node.port("http"), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, roots) = harness::tls_get(
+        pebble.management,
+        "localhost",
+        &pebble.root,
+        false,
+        "/roots/0",
+    )
+    .await;
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, roots).unwrap();
+    // Renew any certificate older than 8 s: a renewal is due soon after the first issue.
+    vars[1].1 = format!(
+        "[acme]\ndirectory = \"{}\"\nroot_pem = \"{}\"\npropagation_ms = 100\nrenew_after_secs = 8\n",
+        pebble.directory,
+        pebble.root.display()
+    );
+    node.write_config(SINGLE, &vars);
+    assert_eq!(node.reload().await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(leaf) = served_leaf(&node, "renew.edge.test", &root).await {
+            break leaf;
+        }
+        assert!(Instant::now() < deadline, "never issued\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // HTTPS requests without pause until the renewed certificate is served.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, root2, s) = (node.addr("https"), root.clone(), stop.clone());
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0usize, 0usize);
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            match harness::tls_connect(addr, "renew.edge.test", &root2, &[b"http/1.1"]).await {
+                Ok(_) => {
+                    ok += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(e) => {
+                    eprintln!("handshake failed: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        (ok, failed)
+    });
+    let issued_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let leaf = served_leaf(&node, "renew.edge.test", &root).await.unwrap();
+        if leaf != first {
+            eprintln!(
+                "renewed certificate served {:?} after the first",
+                issued_at.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never renewed\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    eprintln!("renewal under load: {ok} TLS handshakes, {failed} failed");
+    assert!(ok > 50, "{ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(pebble.issued(), 2, "one issue, one renewal");
+    assert_eq!(node.log().matches("ACME order starts").count(), 2);
+}
