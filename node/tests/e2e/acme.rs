@@ -80,8 +80,12 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
     // Find the leader, then point pebble's HTTP-01 validation at another node.
     let leader = wait_a_leader(&nodes).await;
     let (validator_id, validated) = nodes.iter().find(|(id, _)| *id != leader).unwrap();
-    let pebble = Pebble::start(validated.port("http"), &[]);
+    // Validations go through a forwarder (the DNS record of a real mesh), so the test can
+    // send them elsewhere when it kills the node they reach.
+    let (forward_port, target) = forwarder(validated.addr("http")).await;
+    let pebble = Pebble::start(forward_port, &[]);
     eprintln!("leader {leader}; pebble validates through {validator_id}");
+    let validated_dir = validated.dir.path().to_path_buf();
 
     // pebble's root for the certificates it issues, from its management API.
     let (_, status, roots) = harness::tls_get(
@@ -143,7 +147,7 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         1,
         "one order"
     );
-    let validator_log = validated.log();
+    let validator_log = std::fs::read_to_string(validated_dir.join("edgemesh.log")).unwrap();
     assert!(
         !validator_log.contains("ACME order starts"),
         "only the leader orders"
@@ -177,7 +181,7 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
     // A new host; the leader is killed as soon as its order starts. The next leader orders
     // (or resumes the recorded order), every surviving node serves the certificate, and the
     // CA issued it once.
-    let leader = wait_a_leader(&nodes).await;
+    wait_a_leader(&nodes).await;
     vars[5].1 = "[[routes]]\nhosts = [\"api.edge.test\"]\npool = \"shop\"\n".into();
     for (id, n) in &nodes {
         let mut v = vars.clone();
@@ -189,15 +193,25 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         let (code, body) = n.reload().await;
         assert_eq!(code, 200, "{body}");
     }
-    let i = nodes.iter().position(|(id, _)| *id == leader).unwrap();
+    // Whoever leads when the order starts (leadership may have moved since) is killed.
+    let ordering = |n: &Node| {
+        n.log()
+            .lines()
+            .any(|l| l.contains("ACME order starts") && l.contains("api.edge.test"))
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while nodes[i].1.log().matches("ACME order starts").count() < 2 {
+    let i = loop {
+        if let Some(i) = nodes.iter().position(|(_, n)| ordering(n)) {
+            break i;
+        }
         assert!(Instant::now() < deadline, "no order for the new host");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    let leader = nodes[i].0.clone();
     let (_, mut dead) = nodes.remove(i);
     dead.child.kill().unwrap();
     let _ = dead.child.wait();
+    *target.lock().unwrap() = nodes[0].1.addr("http");
     eprintln!("killed leader {leader} mid-order");
     for (id, n) in &nodes {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -211,6 +225,27 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         }
     }
     assert_eq!(pebble.issued(), 2, "api.edge.test issued exactly once");
+}
+
+/// A TCP forwarder to a switchable target; returns its port.
+async fn forwarder(
+    to: std::net::SocketAddr,
+) -> (u16, std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>) {
+    let target = std::sync::Arc::new(std::sync::Mutex::new(to));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = target.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = *t.lock().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, target)
 }
 
 async fn wait_a_leader(nodes: &[(String, Node)]) -> String {
