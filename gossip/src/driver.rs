@@ -435,8 +435,26 @@ impl Driver {
                 }
                 _ = election_tick.tick() => self.election_tick().await,
                 Some(update) = to_publish.recv() => {
-                    let fx = self.swim.publish(&update);
-                    self.effects(fx).await;
+                    match self.swim.publish(&update) {
+                        Ok(fx) => self.effects(Ok(fx)).await,
+                        Err(e) => {
+                            // Too large for a broadcast item (certificates, big topologies):
+                            // push it at once with a sync round to every member instead of
+                            // waiting for the periodic one.
+                            debug!(key = %update.key, error = %e, "pushing by sync to every member");
+                            let peers: Vec<SocketAddr> = self
+                                .shared
+                                .members
+                                .lock()
+                                .expect("members lock")
+                                .values()
+                                .map(|(id, _)| id.sync_addr())
+                                .collect();
+                            for peer in peers {
+                                self.spawn_sync(peer);
+                            }
+                        }
+                    }
                 }
                 _ = gc_tick.tick() => {
                     let now = SystemTime::now()
@@ -762,6 +780,15 @@ mod tests {
     }
 
     async fn mesh(id: &str, key: &ClusterKey, seeds: Vec<SocketAddr>) -> Mesh {
+        mesh_with(id, key, seeds, Duration::from_millis(300)).await
+    }
+
+    async fn mesh_with(
+        id: &str,
+        key: &ClusterKey,
+        seeds: Vec<SocketAddr>,
+        sync_interval: Duration,
+    ) -> Mesh {
         let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
         // The gossip address must be known before binding: take a free port first.
         let free = || {
@@ -789,7 +816,7 @@ mod tests {
                 draining: false,
             },
             bind: addr,
-            sync_interval: Duration::from_millis(300),
+            sync_interval,
             election: ElectionConfig::default(),
             bootstrap_expect: 3,
             reap_after: Duration::from_secs(600),
@@ -902,5 +929,27 @@ mod tests {
         })
         .await;
         assert!(rest.iter().all(|m| m.status().election.term > term));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_too_large_to_broadcast_is_pushed_by_sync_at_once() {
+        let key = ClusterKey::generate();
+        // Periodic anti-entropy an hour apart: only the push on publish can deliver in time.
+        let hour = Duration::from_secs(3600);
+        let a = mesh_with("a", &key, vec![], hour).await;
+        let b = mesh_with("b", &key, vec![a.local_addr], hour).await;
+        let c = mesh_with("c", &key, vec![a.local_addr], hour).await;
+        let all = [&a, &b, &c];
+        wait("a leader acts", || acting(&all).len() == 1).await;
+        let leader = acting(&all).remove(0);
+        let l = all.iter().find(|m| m.status().me.id == leader).unwrap();
+        let big = vec![7u8; 4 * crate::broadcast::MAX_ITEM];
+        l.publish_as_leader("cert/big.test", big.clone()).unwrap();
+        for m in all {
+            wait("the large entry everywhere", || {
+                m.state().lock().unwrap().get("cert/big.test") == Some(&big[..])
+            })
+            .await;
+        }
     }
 }
