@@ -134,6 +134,22 @@ pub async fn open_account(
     Ok((account, json))
 }
 
+/// How the order is polled while the CA validates and issues.
+fn polling(patience: Duration) -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(patience)
+}
+
+/// A CSR for `names` signed with `key` (DER).
+fn csr(names: &[String], key: &rcgen::KeyPair) -> Result<Vec<u8>, AcmeError> {
+    rcgen::CertificateParams::new(names.to_vec())
+        .and_then(|p| p.serialize_request(key))
+        .map(|c| c.der().to_vec())
+        .map_err(|e| other("CSR", e))
+}
+
 /// Attempts of one issuance when the CA answers with transient errors (instant-acme already
 /// retries a rejected nonce a few times per request).
 const ATTEMPTS: u32 = 5;
@@ -191,10 +207,7 @@ async fn issue_once<S: ChallengeStore>(
             published.push(token);
             ch.set_ready().await.map_err(err("challenge ready"))?;
         }
-        let retry = RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .backoff(1.5)
-            .timeout(patience);
+        let retry = polling(patience);
         let status = order.poll_ready(&retry).await.map_err(err("validation"))?;
         if status != OrderStatus::Ready {
             let detail = order
@@ -206,17 +219,12 @@ async fn issue_once<S: ChallengeStore>(
         }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| other("key", e))?;
-        let csr = rcgen::CertificateParams::new(names.to_vec())
-            .and_then(|p| p.serialize_request(&key))
-            .map_err(|e| other("CSR", e))?;
+        let csr = csr(names, &key)?;
         store
             .before_finalize(order.url(), &key.serialize_pem())
             .await
             .map_err(|e| other("recording the order", e))?;
-        order
-            .finalize_csr(csr.der())
-            .await
-            .map_err(err("finalize"))?;
+        order.finalize_csr(&csr).await.map_err(err("finalize"))?;
         let chain_pem = order
             .poll_certificate(&retry)
             .await
@@ -249,21 +257,15 @@ pub async fn resume(
         .order(order_url.to_string())
         .await
         .map_err(err("resume order"))?;
-    let retry = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(250))
-        .backoff(1.5)
-        .timeout(patience);
+    let retry = polling(patience);
     let status = order.state().status;
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| other("stored key", e))?;
     match status {
         OrderStatus::Valid | OrderStatus::Processing => {}
         OrderStatus::Ready => {
             // Validated but never finalized: finish it with the recorded key.
-            let csr = rcgen::CertificateParams::new(names.to_vec())
-                .and_then(|p| p.serialize_request(&key))
-                .map_err(|e| other("CSR", e))?;
             order
-                .finalize_csr(csr.der())
+                .finalize_csr(&csr(names, &key)?)
                 .await
                 .map_err(err("finalize"))?;
         }

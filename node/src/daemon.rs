@@ -874,6 +874,27 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// A leader write through the mesh, or on a single node (its own leader, term 1) into
+    /// its local state.
+    fn leader_write(
+        &self,
+        mesh: impl FnOnce(&Mesh) -> Result<(), edgemesh_gossip::NotLeader>,
+        local: impl FnOnce(&mut ClusterState, u64) -> Result<(), edgemesh_gossip::Fenced>,
+    ) -> Result<(), String> {
+        match self.mesh.lock().expect("mesh lock").as_ref() {
+            Some(m) => mesh(m).map_err(|e| e.to_string()),
+            None => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                local(&mut self.cluster_state.lock().expect("state lock"), now)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 impl crate::ecs::Publisher for Daemon {
     fn acting(&self) -> bool {
         self.mesh
@@ -900,39 +921,19 @@ impl crate::ecs::Publisher for Daemon {
     }
 
     fn delete(&self, key: &str) -> Result<(), String> {
-        match self.mesh.lock().expect("mesh lock").as_ref() {
-            Some(mesh) => mesh.delete_as_leader(key).map_err(|e| e.to_string()),
-            None => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                self.cluster_state
-                    .lock()
-                    .expect("state lock")
-                    .delete_as_leader(key, 1, now)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        }
+        self.leader_write(
+            |mesh| mesh.delete_as_leader(key),
+            |state, now| state.delete_as_leader(key, 1, now).map(drop),
+        )
     }
 
     fn publish(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
-        match self.mesh.lock().expect("mesh lock").as_ref() {
-            Some(mesh) => mesh
-                .publish_as_leader(key, value)
-                .map_err(|e| e.to_string()),
-            None => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                self.cluster_state
-                    .lock()
-                    .expect("state lock")
-                    .set_as_leader(key, value, 1, now)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        }
+        // Exactly one of the two closures runs; each takes the value.
+        let value = std::cell::Cell::new(value);
+        self.leader_write(
+            |mesh| mesh.publish_as_leader(key, value.take()),
+            |state, now| state.set_as_leader(key, value.take(), 1, now).map(drop),
+        )
     }
 }
 

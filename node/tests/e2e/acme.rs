@@ -8,25 +8,9 @@ use edgemesh_acme::testing::Pebble;
 
 use crate::harness::{self, Node};
 
-const TEMPLATE: &str = r#"
-[node]
-data_dir = "{data}"
-admin_addr = "127.0.0.1:{admin}"
-watch_config = false
-drain_timeout_secs = 1
-
-[gossip]
-bind = "127.0.0.1:{gossip}"
-sync_port = {sync}
-sync_interval_secs = 1
-node_id = "{id}"
-seeds = [{seeds}]
-key_file = "{keyfile}"
-probe_period_ms = 200
-probe_rtt_ms = 100
-suspect_to_down_ms = 1000
-bootstrap_expect = 3
-
+const TEMPLATE: &str = concat!(
+    mesh_member_toml!(),
+    r#"
 [[listeners]]
 name = "web"
 addr = "127.0.0.1:{http}"
@@ -46,7 +30,8 @@ pool = "shop"
 [pools.shop]
 endpoints = ["{backend}"]
 {acme}
-"#;
+"#
+);
 
 /// Whether `node` serves `host` with a certificate that chains to `root`.
 async fn serves(node: &Node, host: &str, root: &Path) -> bool {

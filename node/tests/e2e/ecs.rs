@@ -857,26 +857,9 @@ async fn acting_leader(nodes: &[(String, Option<Node>)]) -> String {
     String::new()
 }
 
-const MESH_TEMPLATE: &str = r#"
-[node]
-data_dir = "{data}"
-admin_addr = "127.0.0.1:{admin}"
-watch_config = false
-drain_timeout_secs = 1
-
-[gossip]
-bind = "127.0.0.1:{gossip}"
-sync_port = {sync}
-sync_interval_secs = 1
-node_id = "{id}"
-seeds = [{seeds}]
-key_file = "{keyfile}"
-probe_period_ms = 200
-probe_rtt_ms = 100
-suspect_to_down_ms = 1000
-expected_cluster_size = 5
-bootstrap_expect = 3
-
+const MESH_TEMPLATE: &str = concat!(
+    mesh_member_toml!(),
+    r#"
 [ecs]
 cluster = "edge"
 poll_interval_secs = 1
@@ -893,7 +876,8 @@ tls = false
 
 [pools.web]
 ecs = { service = "web" }
-"#;
+"#
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_one_poller_and_the_next_leader_resumes() {

@@ -1,6 +1,34 @@
 //! End-to-end tests: the real `edgemesh` binary, real clients and backends over loopback.
 //! One test binary for the whole suite (link time matters on 2 cores).
 
+/// `[node]` and `[gossip]` of a mesh member with fast timings: `{id}`, `{seeds}` (quoted
+/// addresses) and `{keyfile}` are each test's; the ports are the harness's. Tests append
+/// their own sections with `concat!`.
+macro_rules! mesh_member_toml {
+    () => {
+        r#"
+[node]
+data_dir = "{data}"
+admin_addr = "127.0.0.1:{admin}"
+watch_config = false
+drain_timeout_secs = 1
+
+[gossip]
+bind = "127.0.0.1:{gossip}"
+sync_port = {sync}
+sync_interval_secs = 1
+node_id = "{id}"
+seeds = [{seeds}]
+key_file = "{keyfile}"
+probe_period_ms = 200
+probe_rtt_ms = 100
+suspect_to_down_ms = 1000
+expected_cluster_size = 6
+bootstrap_expect = 3
+"#
+    };
+}
+
 mod acme;
 mod dns;
 mod ecs;

@@ -4,26 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{self, run, Node};
 
-const TEMPLATE: &str = r#"
-[node]
-data_dir = "{data}"
-admin_addr = "127.0.0.1:{admin}"
-watch_config = false
-drain_timeout_secs = 1
-
-[gossip]
-bind = "127.0.0.1:{gossip}"
-sync_port = {sync}
-sync_interval_secs = 1
-node_id = "{id}"
-seeds = [{seeds}]
-key_file = "{keyfile}"
-probe_period_ms = 200
-probe_rtt_ms = 100
-suspect_to_down_ms = 1000
-expected_cluster_size = 6
-bootstrap_expect = 3
-"#;
+const TEMPLATE: &str = mesh_member_toml!();
 
 async fn member(id: &str, seeds: &str, keyfile: &std::path::Path) -> Node {
     harness::node(
