@@ -102,6 +102,8 @@ pub trait AcmeHost: Publisher {
     /// whole-cluster restart the state is empty, and these must not be ordered again.
     fn local_cert(&self, host: &str) -> Option<CertRecord>;
     fn local_account(&self) -> Option<String>;
+    /// The outcome of an order for `host` (for metrics and `meshctl status`).
+    fn order_done(&self, host: &str, outcome: Result<(), &edgemesh_acme::AcmeError>);
 }
 
 /// Orders and renews while this node is the acting leader, forever.
@@ -233,9 +235,11 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                     }
                     // Done with it: a later leader must not resume this order.
                     let _ = host.delete(&pending_key);
+                    host.order_done(&name, Ok(()));
                     retry_at.remove(&name);
                 }
                 Err(e) => {
+                    host.order_done(&name, Err(&e));
                     let entry = retry_at
                         .entry(name.clone())
                         .or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(5))));

@@ -85,35 +85,34 @@ pub struct Daemon {
     /// ACME answers and certificates last projected from the cluster state.
     acme_tokens: Mutex<std::collections::HashMap<String, String>>,
     acme_certs: Mutex<BTreeMap<String, crate::acme::CertRecord>>,
+    /// ACME orders placed by this node, by result, and the last outcome per host.
+    acme_orders: Family<ResultLabel, Counter>,
+    acme_last: Mutex<BTreeMap<String, String>>,
     /// The ACME account credentials as last seen (state or disk).
     acme_account: Mutex<Option<String>>,
     /// Routes from ECS docker labels last applied, and the ones refused.
     labels: Mutex<projection::LabelTable>,
-    gossip_packets: Family<PacketLabel, Counter>,
+    gossip_packets: Family<ResultLabel, Counter>,
     gossip_members: Family<MemberLabel, prometheus_client::metrics::gauge::Gauge>,
-    sync_rounds: Family<PacketLabel, Counter>,
+    sync_rounds: Family<ResultLabel, Counter>,
     leader_changes: Counter,
     broadcast_backlog: prometheus_client::metrics::gauge::Gauge,
     current: tokio::sync::Mutex<(Config, u64)>,
     state: Mutex<ConfigState>,
-    reloads: Family<ReloadLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
     registry: Registry,
     pub admin_addr: SocketAddr,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct ReloadLabel {
+/// `{result="..."}`: reloads, gossip packets, sync rounds, ACME orders.
+struct ResultLabel {
     result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct MemberLabel {
     state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct PacketLabel {
-    result: &'static str,
 }
 
 async fn start_mesh(
@@ -230,7 +229,7 @@ impl Daemon {
         let config = config::load(path, &env)?;
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        let reloads = Family::<ReloadLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "edgemesh_config_reloads",
             "Configuration reloads, by result",
@@ -280,7 +279,7 @@ impl Daemon {
             Some(g) => Some(start_mesh(g, config.ecs.as_ref(), &alone).await?),
             None => None,
         };
-        let gossip_packets = Family::<PacketLabel, Counter>::default();
+        let gossip_packets = Family::<ResultLabel, Counter>::default();
         let gossip_members =
             Family::<MemberLabel, prometheus_client::metrics::gauge::Gauge>::default();
         registry.register(
@@ -300,7 +299,7 @@ impl Daemon {
             "Times this node saw the leader change",
             leader_changes.clone(),
         );
-        let sync_rounds = Family::<PacketLabel, Counter>::default();
+        let sync_rounds = Family::<ResultLabel, Counter>::default();
         registry.register(
             "edgemesh_sync_rounds",
             "Anti-entropy rounds over QUIC, by result",
@@ -317,6 +316,12 @@ impl Daemon {
             None => Arc::new(Mutex::new(ClusterState::new("local"))),
         };
         let ecs_metrics = crate::ecs::EcsMetrics::new(&mut registry);
+        let acme_orders = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "edgemesh_acme_orders",
+            "ACME orders this node placed as leader, by result (issued, failed, rate_limited)",
+            acme_orders.clone(),
+        );
         let daemon = Arc::new(Daemon {
             proxy,
             cluster_state,
@@ -328,6 +333,8 @@ impl Daemon {
             labels: Mutex::new(projection::LabelTable::default()),
             acme_tokens: Mutex::new(Default::default()),
             acme_certs: Mutex::new(acme_certs),
+            acme_orders,
+            acme_last: Mutex::new(BTreeMap::new()),
             acme_account: Mutex::new(
                 std::fs::read_to_string(config_data_dir.join("acme/account.json")).ok(),
             ),
@@ -372,7 +379,7 @@ impl Daemon {
                 info!(file = %path.display(), trigger, "configuration reloaded");
                 *current = (config, hash);
                 self.reloads
-                    .get_or_create(&ReloadLabel { result: "ok" })
+                    .get_or_create(&ResultLabel { result: "ok" })
                     .inc();
                 let mut st = self.state.lock().expect("state lock");
                 st.generation += 1;
@@ -385,7 +392,7 @@ impl Daemon {
                 // Remember the hash so a bad file is not re-tried every poll.
                 current.1 = hash;
                 self.reloads
-                    .get_or_create(&ReloadLabel { result: "failed" })
+                    .get_or_create(&ResultLabel { result: "failed" })
                     .inc();
                 self.state.lock().expect("state lock").last_reload = Some(outcome);
                 Err(e)
@@ -737,6 +744,8 @@ impl Daemon {
             }
         }
         v["version"] = env!("CARGO_PKG_VERSION").into();
+        v["acme_orders"] =
+            serde_json::to_value(&*self.acme_last.lock().expect("acme lock")).unwrap_or_default();
         v["ecs"] = self
             .cluster_state
             .lock()
@@ -765,10 +774,10 @@ impl Daemon {
     pub fn metrics_text(&self) -> String {
         if let Some(m) = self.mesh_status() {
             // The driver keeps its own atomics; bring the exported counters up to them.
-            let catch_up = |family: &Family<PacketLabel, Counter>,
+            let catch_up = |family: &Family<ResultLabel, Counter>,
                             values: &[(&'static str, u64)]| {
                 for &(result, now) in values {
-                    let c = family.get_or_create(&PacketLabel { result });
+                    let c = family.get_or_create(&ResultLabel { result });
                     c.inc_by(now.saturating_sub(c.get()));
                 }
             };
@@ -961,5 +970,24 @@ impl crate::acme::AcmeHost for Daemon {
 
     fn local_account(&self) -> Option<String> {
         self.acme_account.lock().expect("acme lock").clone()
+    }
+
+    fn order_done(&self, host: &str, outcome: Result<(), &edgemesh_acme::AcmeError>) {
+        let result = match outcome {
+            Ok(()) => "issued",
+            Err(e) if e.rate_limited => "rate_limited",
+            Err(_) => "failed",
+        };
+        self.acme_orders
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        let line = match outcome {
+            Ok(()) => format!("issued at {}", unix_now()),
+            Err(e) => format!("{e}"),
+        };
+        self.acme_last
+            .lock()
+            .expect("acme lock")
+            .insert(host.to_string(), line);
     }
 }

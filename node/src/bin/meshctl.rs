@@ -85,6 +85,9 @@ struct Status {
     active_connections: u64,
     draining: bool,
     ecs: Option<PollStatus>,
+    /// Host -> the last ACME order's outcome on this node (when it led).
+    #[serde(default)]
+    acme_orders: std::collections::BTreeMap<String, String>,
 }
 
 /// The leader's last ECS poll (node's `ecs::PollStatus`).
@@ -647,6 +650,9 @@ fn print_status(s: &Status) {
     }
     if let Some(p) = &s.ecs {
         print_poll(p);
+    }
+    for (host, last) in &s.acme_orders {
+        println!("acme: {host}: last order {last}");
     }
     if let Some(r) = &s.config.last_reload {
         match (&r.ok, &r.error) {

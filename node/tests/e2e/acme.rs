@@ -357,4 +357,21 @@ async fn a_due_certificate_is_renewed_once_while_https_traffic_flows() {
     assert_eq!(failed, 0);
     assert_eq!(pebble.issued(), 2, "one issue, one renewal");
     assert_eq!(node.log().matches("ACME order starts").count(), 2);
+    let (code, out, _) = harness::run(
+        env!("CARGO_BIN_EXE_meshctl"),
+        &["--addr", &node.admin(), "status"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("acme: renew.edge.test: last order issued"),
+        "{out}"
+    );
+    let metrics = harness::http_get(&node.admin(), "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("edgemesh_acme_orders_total{result=\"issued\"} 2"),
+        "{metrics}"
+    );
 }
