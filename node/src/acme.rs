@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::ecs::model::{decode, encode};
+
 use crate::ecs::poll::Backoff;
 use crate::ecs::Publisher;
 
@@ -42,6 +43,20 @@ pub struct AcmeSettings {
     pub renew_fraction: f64,
     /// Renew once a certificate is this old, if that comes first.
     pub renew_after: Option<Duration>,
+    /// Certificates holding several names; hosts not listed get one each.
+    pub certificates: Vec<Vec<String>>,
+}
+
+/// The certificates to hold: the configured name sets, then one per TLS host none covers
+/// (wildcards need DNS-01, not built yet).
+pub fn certificate_sets(settings: &AcmeSettings, tls_hosts: &[String]) -> Vec<Vec<String>> {
+    let mut sets = settings.certificates.clone();
+    for h in tls_hosts {
+        if !h.starts_with('*') && !sets.iter().any(|s| s.contains(h)) {
+            sets.push(vec![h.clone()]);
+        }
+    }
+    sets
 }
 
 /// A certificate as the leader publishes it.
@@ -95,9 +110,11 @@ fn unix_now() -> i64 {
 
 /// What the loop asks the daemon for every turn.
 pub trait AcmeHost: Publisher {
-    /// The settings and the hosts to certify, from the running configuration.
-    fn plan(&self)
-        -> impl std::future::Future<Output = Option<(AcmeSettings, Vec<String>)>> + Send;
+    /// The settings and the certificates to hold (each a list of names, the first naming it),
+    /// from the running configuration.
+    fn plan(
+        &self,
+    ) -> impl std::future::Future<Output = Option<(AcmeSettings, Vec<Vec<String>>)>> + Send;
     /// What this node itself holds (from its disk after a restart, or the state): after a
     /// whole-cluster restart the state is empty, and these must not be ordered again.
     fn local_cert(&self, host: &str) -> Option<CertRecord>;
@@ -142,7 +159,8 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             }
         }
         let (_, acct) = account.as_ref().expect("opened above");
-        for name in hosts {
+        for set in hosts {
+            let name = set[0].clone();
             let store = StateChallenges {
                 publisher: host.clone(),
                 propagation: settings.propagation,
@@ -181,7 +199,7 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             if !due || !host.acting() {
                 continue;
             }
-            let names = std::slice::from_ref(&name);
+            let names = &set[..];
             let pending_key = format!("{PENDING_PREFIX}{name}");
             // A previous leader may have died after asking the CA to issue: finish its order
             // rather than placing another (the certificate is issued once).
@@ -219,7 +237,7 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             match result {
                 Ok(i) => {
                     let record = CertRecord {
-                        names: vec![name.clone()],
+                        names: set.clone(),
                         chain_pem: i.chain_pem,
                         key_pem: i.key_pem,
                         not_before: i.validity.not_before,
@@ -323,4 +341,33 @@ pub fn load_dir(dir: &Path) -> Vec<(String, CertRecord)> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_sets_first_then_one_certificate_per_remaining_host() {
+        let settings = AcmeSettings {
+            directory: "https://ca.test/dir".into(),
+            contact: vec![],
+            root_pem: None,
+            propagation: Duration::from_secs(1),
+            renew_fraction: 2.0 / 3.0,
+            renew_after: None,
+            certificates: vec![vec!["shop.test".into(), "www.shop.test".into()]],
+        };
+        let hosts: Vec<String> = ["www.shop.test", "api.test", "*.apps.test"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            certificate_sets(&settings, &hosts),
+            vec![
+                vec!["shop.test".to_string(), "www.shop.test".to_string()],
+                vec!["api.test".to_string()],
+            ]
+        );
+    }
 }

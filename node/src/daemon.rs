@@ -947,17 +947,11 @@ impl crate::ecs::Publisher for Daemon {
 }
 
 impl crate::acme::AcmeHost for Daemon {
-    async fn plan(&self) -> Option<(crate::acme::AcmeSettings, Vec<String>)> {
+    async fn plan(&self) -> Option<(crate::acme::AcmeSettings, Vec<Vec<String>>)> {
         let c = self.current.lock().await;
         let settings = c.0.acme.clone()?;
-        // Wildcards need DNS-01, which is not built yet.
-        let hosts =
-            c.0.tls_hosts
-                .iter()
-                .filter(|h| !h.starts_with('*'))
-                .cloned()
-                .collect();
-        Some((settings, hosts))
+        let sets = crate::acme::certificate_sets(&settings, &c.0.tls_hosts);
+        Some((settings, sets))
     }
 
     fn local_cert(&self, host: &str) -> Option<crate::acme::CertRecord> {

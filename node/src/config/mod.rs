@@ -81,6 +81,9 @@ struct RawAcme {
     renew_fraction: Option<f64>,
     /// Renew once a certificate is this old, whatever its lifetime (tests, short-lived CAs).
     renew_after_secs: Option<u64>,
+    /// Certificates with several names (`[["example.com", "www.example.com"]]`).
+    #[serde(default)]
+    certificates: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -638,6 +641,20 @@ pub fn parse(
                 propagation: Duration::from_millis(a.propagation_ms.unwrap_or(2_000)),
                 renew_fraction: fraction,
                 renew_after: a.renew_after_secs.map(Duration::from_secs),
+                certificates: {
+                    for (i, set) in a.certificates.iter().enumerate() {
+                        if set.is_empty() || set.iter().any(|n| n.trim().is_empty()) {
+                            return Err(err(
+                                &format!("acme.certificates[{i}]"),
+                                "needs at least one name, none empty".into(),
+                            ));
+                        }
+                    }
+                    a.certificates
+                        .iter()
+                        .map(|set| set.iter().map(|n| n.trim().to_ascii_lowercase()).collect())
+                        .collect()
+                },
             })
         }
     };
