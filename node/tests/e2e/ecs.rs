@@ -2,7 +2,7 @@
 //! `scripts/moto_ecs.py` with its ECS fidelity patches), reached by the real SDK through
 //! `AWS_ENDPOINT_URL`, and real backends on the loopback addresses the fixture registered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -572,6 +572,32 @@ async fn answered(node: &Node, host: &str, n: usize) -> BTreeMap<String, usize> 
     seen
 }
 
+/// The endpoint addresses of the pool that routes `host`, from the node's status.
+async fn pool_addrs(node: &Node, host: &str) -> BTreeSet<String> {
+    let s = node.status().await;
+    let Some(pool) = s["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            r["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x == host))
+        })
+        .and_then(|r| r["pool"].as_str().map(str::to_string))
+    else {
+        return BTreeSet::new();
+    };
+    s["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == pool.as_str())
+        .flat_map(|p| p["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["addr"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Waits until requests for `host` reach exactly the tasks in `want`; returns how long it took.
 async fn wait_routes(
     node: &Node,
@@ -580,9 +606,13 @@ async fn wait_routes(
     within: Duration,
 ) -> Duration {
     let start = Instant::now();
+    let want_addrs: BTreeSet<String> = want.values().map(|a| a.to_string()).collect();
     loop {
+        // The table must hold exactly these endpoints (answers alone could come from a subset
+        // while another endpoint sits ejected), and each of them must answer.
+        let in_table = pool_addrs(node, host).await == want_addrs;
         let seen = answered(node, host, 3 * want.len().max(1) + 3).await;
-        if seen.keys().eq(want.keys()) {
+        if in_table && seen.keys().eq(want.keys()) {
             return start.elapsed();
         }
         assert!(
@@ -776,12 +806,16 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
             out.contains("LAST POLL FAILED") && out.contains(expect),
             "{out}"
         );
+        let seen = answered(&node, "web.test", 5).await;
         assert_eq!(
-            answered(&node, "web.test", 5)
-                .await
-                .keys()
-                .collect::<Vec<_>>(),
-            web.keys().collect::<Vec<_>>()
+            seen.keys().collect::<Vec<_>>(),
+            web.keys().collect::<Vec<_>>(),
+            "{}",
+            node.log()
+                .lines()
+                .filter(|l| l.contains("ECS") || l.contains("pools changed"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         faults.set(PASS);
         // Recovery is automatic: a change made meanwhile arrives after the back-off.
