@@ -252,30 +252,35 @@ impl Aws {
     /// A cluster `edge` with one EC2 container instance at `host` (bridge and host tasks)
     /// and a subnet 127.0.1.0/24 for awsvpc tasks. Returns (subnet, security group).
     pub async fn cluster(&self) -> (String, String) {
+        let (subnets, sg) = self
+            .network("127.0.0.0/16", &["127.0.0.0/24", "127.0.1.0/24"])
+            .await;
+        self.instance(&subnets[0], &self.host).await;
+        (subnets[1].clone(), sg)
+    }
+
+    /// The cluster `edge`, a VPC with `subnets` and a security group: (subnet ids, group id).
+    pub async fn network(&self, vpc_cidr: &str, subnets: &[&str]) -> (Vec<String>, String) {
         let vpc = self
             .ec2
             .create_vpc()
-            .cidr_block("127.0.0.0/16")
+            .cidr_block(vpc_cidr)
             .send()
             .await
             .unwrap();
         let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-        let subnet = |cidr: &'static str| {
-            let vpc = vpc.clone();
-            async move {
-                let s = self
-                    .ec2
-                    .create_subnet()
-                    .vpc_id(vpc)
-                    .cidr_block(cidr)
-                    .send()
-                    .await
-                    .unwrap();
-                s.subnet().unwrap().subnet_id().unwrap().to_string()
-            }
-        };
-        let hosts = subnet("127.0.0.0/24").await;
-        let tasks = subnet("127.0.1.0/24").await;
+        let mut ids = Vec::new();
+        for cidr in subnets {
+            let s = self
+                .ec2
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(*cidr)
+                .send()
+                .await
+                .unwrap();
+            ids.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+        }
         let sg = self
             .ec2
             .create_security_group()
@@ -292,8 +297,7 @@ impl Aws {
             .send()
             .await
             .unwrap();
-        self.instance(&hosts, &self.host).await;
-        (tasks, sg)
+        (ids, sg)
     }
 
     pub async fn task_def(
@@ -1088,39 +1092,8 @@ async fn ecs_scale_report() {
     const TASKS_EACH: i32 = 5;
     let moto = Moto::start().await;
     let aws = Aws::new(moto.addr, "127.0.0.4").await;
-    let vpc = aws
-        .ec2
-        .create_vpc()
-        .cidr_block("127.8.0.0/16")
-        .send()
-        .await
-        .unwrap();
-    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-    let subnet = aws
-        .ec2
-        .create_subnet()
-        .vpc_id(&vpc)
-        .cidr_block("127.8.0.0/16")
-        .send()
-        .await
-        .unwrap();
-    let subnet = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
-    let sg = aws
-        .ec2
-        .create_security_group()
-        .group_name("s")
-        .description("s")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap();
-    let sg = sg.group_id().unwrap().to_string();
-    aws.ecs
-        .create_cluster()
-        .cluster_name("edge")
-        .send()
-        .await
-        .unwrap();
+    let (subnets, sg) = aws.network("127.8.0.0/16", &["127.8.0.0/16"]).await;
+    let subnet = subnets[0].clone();
     let started = Instant::now();
     for chunk in (0..SERVICES).collect::<Vec<_>>().chunks(8) {
         let futs = chunk.iter().map(|i| {
