@@ -262,6 +262,13 @@ impl Sim {
         self.nodes[i] = None;
     }
 
+    /// Whether live node `i` holds `key` in its state.
+    fn holds(&self, i: usize, key: &str) -> bool {
+        self.nodes[i]
+            .as_ref()
+            .is_some_and(|n| n.state.lock().unwrap().get(key).is_some())
+    }
+
     fn alive(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].is_some())
@@ -426,16 +433,7 @@ fn try_spread(sim: &mut Sim, from: usize, key: &str, limit: u64) -> Option<u64> 
     sim.effects(from, fx);
     let start = sim.now;
     loop {
-        let all = sim.alive().into_iter().all(|i| {
-            sim.nodes[i]
-                .as_ref()
-                .unwrap()
-                .state
-                .lock()
-                .unwrap()
-                .get(key)
-                .is_some()
-        });
+        let all = sim.alive().into_iter().all(|i| sim.holds(i, key));
         if all {
             return Some(sim.now - start);
         }
@@ -479,16 +477,7 @@ fn broadcast_reach_at_10_percent_loss() {
     let reached = sim
         .alive()
         .into_iter()
-        .filter(|&i| {
-            sim.nodes[i]
-                .as_ref()
-                .unwrap()
-                .state
-                .lock()
-                .unwrap()
-                .get("k")
-                .is_some()
-        })
+        .filter(|&i| sim.holds(i, "k"))
         .count();
     eprintln!("50 nodes at 10% loss: broadcast reached {reached} of 50 after 20 s");
     assert!((40..=50).contains(&reached), "{reached}");
@@ -524,16 +513,7 @@ const SYNC_MS: u64 = 30_000;
 fn anti_entropy_delivers_what_broadcasts_missed() {
     let mut sim = Sim::new(50, 6).with_sync(SYNC_MS);
     sim.run_until_converged(30_000);
-    let has = |sim: &Sim, i: usize| {
-        sim.nodes[i]
-            .as_ref()
-            .unwrap()
-            .state
-            .lock()
-            .unwrap()
-            .get("k")
-            .is_some()
-    };
+    let has = |sim: &Sim, i: usize| sim.holds(i, "k");
     // Node 7 is unreachable for 3 s (less than the suspicion timeout, so it stays a member).
     sim.group = (0..50).map(|i| u8::from(i == 7)).collect();
     let now = sim.now;
