@@ -92,6 +92,9 @@ pub struct ClusterState {
     entries: BTreeMap<String, Entry>,
     /// Highest leadership term seen in any write.
     max_term: u64,
+    /// Bumped by every change (write, merge, collection): consumers skip work when it has not
+    /// moved since they last looked.
+    changes: u64,
 }
 
 impl ClusterState {
@@ -101,6 +104,7 @@ impl ClusterState {
             clock: Hlc::default(),
             entries: BTreeMap::new(),
             max_term: 0,
+            changes: 0,
         }
     }
 
@@ -124,6 +128,7 @@ impl ClusterState {
         };
         self.entries
             .insert(update.key.clone(), update.entry.clone());
+        self.changes += 1;
         update
     }
 
@@ -187,6 +192,7 @@ impl ClusterState {
             _ => {
                 self.max_term = self.max_term.max(v.term);
                 self.entries.insert(update.key, update.entry);
+                self.changes += 1;
                 Applied::Changed
             }
         }
@@ -237,6 +243,11 @@ impl ClusterState {
             .filter_map(|(k, e)| Some((k.as_str(), e.value.as_deref()?)))
     }
 
+    /// A counter that moves whenever the state changes.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     pub fn max_term(&self) -> u64 {
         self.max_term
     }
@@ -278,7 +289,9 @@ impl ClusterState {
         let horizon = now_ms.saturating_sub(ttl_ms);
         self.entries
             .retain(|_, e| e.value.is_some() || e.version.at.physical_ms() >= horizon);
-        before - self.entries.len()
+        let dropped = before - self.entries.len();
+        self.changes += dropped as u64;
+        dropped
     }
 
     /// Every entry (tombstones included) — for comparing replicas in tests and for snapshots.

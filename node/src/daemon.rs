@@ -80,6 +80,13 @@ pub struct Daemon {
     /// DNS-discovered pools (each node resolves for itself).
     dns: Mutex<BTreeMap<String, crate::dns::DnsPoolStatus>>,
     dns_endpoints: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
+    /// Bumped whenever `dns_endpoints` changes.
+    dns_changes: std::sync::atomic::AtomicU64,
+    /// What the last pool projection was computed from: (state changes, config generation,
+    /// DNS changes); the 250 ms tick does nothing while none of them moved.
+    projected: Mutex<Option<(u64, u64, u64)>>,
+    /// The state's change counter at the last ACME projection.
+    acme_projected: std::sync::atomic::AtomicU64,
     /// The published pools last applied to the proxy.
     published: Mutex<BTreeMap<String, Vec<EndpointSpec>>>,
     /// ACME answers and certificates last projected from the cluster state.
@@ -329,6 +336,9 @@ impl Daemon {
             alone,
             dns: Mutex::new(BTreeMap::new()),
             dns_endpoints: Mutex::new(BTreeMap::new()),
+            dns_changes: Default::default(),
+            projected: Mutex::new(None),
+            acme_projected: std::sync::atomic::AtomicU64::new(u64::MAX),
             published: Mutex::new(BTreeMap::new()),
             labels: Mutex::new(projection::LabelTable::default()),
             acme_tokens: Mutex::new(Default::default()),
@@ -465,8 +475,12 @@ impl Daemon {
     /// ACME tokens and certificates from the cluster state: tokens to the proxy, certificates
     /// to the certificate store and the data directory.
     async fn project_acme(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let (tokens, certs, account) = {
             let state = self.cluster_state.lock().expect("state lock");
+            if self.acme_projected.swap(state.changes(), Relaxed) == state.changes() {
+                return;
+            }
             let account = state
                 .leader_entries(crate::acme::ACCOUNT_KEY)
                 .find(|(k, _)| *k == crate::acme::ACCOUNT_KEY)
@@ -544,6 +558,20 @@ impl Daemon {
                 .store(m.member_count() == 0, std::sync::atomic::Ordering::Relaxed);
         }
         let current = self.current.lock().await;
+        let inputs = (
+            self.cluster_state.lock().expect("state lock").changes(),
+            self.state.lock().expect("state lock").generation,
+            self.dns_changes.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if self
+            .projected
+            .lock()
+            .expect("projected lock")
+            .replace(inputs)
+            == Some(inputs)
+        {
+            return;
+        }
         let mut published = projection::published(
             &self.cluster_state.lock().expect("state lock"),
             &current.0.ecs_targets,
@@ -659,6 +687,8 @@ impl Daemon {
             if !targets.is_empty() || !dns.status().is_empty() {
                 if dns.tick(&resolver, &targets).await {
                     *self.dns_endpoints.lock().expect("dns lock") = dns.endpoints();
+                    self.dns_changes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 *self.dns.lock().expect("dns lock") = dns.status();
             }

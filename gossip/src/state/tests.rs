@@ -212,3 +212,16 @@ fn replicas_converge_whatever_the_delivery_order() {
         );
     }
 }
+
+#[test]
+fn the_change_counter_moves_only_on_changes() {
+    let mut a = ClusterState::new("a");
+    let mut b = ClusterState::new("b");
+    assert_eq!(a.changes(), 0);
+    let u = a.set("k", b"1".to_vec(), 1);
+    assert_eq!(a.changes(), 1);
+    assert_eq!(b.apply(u.clone()), Applied::Changed);
+    assert_eq!(b.changes(), 1);
+    assert_eq!(b.apply(u), Applied::Stale);
+    assert_eq!(b.changes(), 1, "a stale update changes nothing");
+}
