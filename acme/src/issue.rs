@@ -1,17 +1,19 @@
-//! An ACME account and one order: HTTP-01 challenges published through a [`ChallengeStore`]
-//! before the CA is told to validate, an ECDSA P-256 key generated here, the chain fetched.
-//! Challenge tokens are removed after the order, whether it succeeded or not.
+//! An ACME account and one order: HTTP-01 answers published through a [`ChallengeStore`], or
+//! DNS-01 TXT records through a [`DnsSolver`], before the CA is told to validate; an ECDSA
+//! P-256 key generated here; the chain fetched. Challenge answers are removed after the
+//! order, whether it succeeded or not.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use tracing::info;
 
+use crate::client::Acme;
 use crate::renewal::Validity;
 
 /// Where and as whom to order.
@@ -23,6 +25,45 @@ pub struct DirectoryConfig {
     pub contact: Vec<String>,
     /// A PEM root to trust for the CA's own HTTPS (test CAs such as pebble).
     pub root_pem: Option<PathBuf>,
+    /// External Account Binding, for CAs that require one (ZeroSSL, Google, many private
+    /// CAs): the key id and the raw HMAC key, used when the account is created.
+    pub eab: Option<(String, Vec<u8>)>,
+}
+
+/// What to order.
+#[derive(Debug, Clone, Default)]
+pub struct OrderSpec {
+    /// The names; the first is the subject.
+    pub names: Vec<String>,
+    /// Validate every name with DNS-01 (wildcard names always are).
+    pub dns01: bool,
+    /// The CA's certificate profile (Let's Encrypt: `classic`, `tlsserver`, `shortlived`).
+    pub profile: Option<String>,
+    /// The RFC 9773 identifier ([`crate::cert_id`]) of the certificate this one renews; sent
+    /// only when the CA offers renewal information.
+    pub replaces: Option<String>,
+}
+
+/// Publishes DNS-01 answers: TXT records at `_acme-challenge.<domain>`.
+pub trait DnsSolver: Send + Sync {
+    /// Adds `value` to the TXT record set `name` (fully qualified, no trailing dot), keeping
+    /// the values already there (a wildcard and its base domain share one name), and returns
+    /// once the authoritative servers answer with it.
+    fn present(&self, name: &str, value: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Removes `value` from `name` (the record set goes with its last value).
+    fn cleanup(&self, name: &str, value: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// The solver of a node with no DNS-01 configured: every DNS-01 order fails, naming why.
+pub struct NoDns;
+
+impl DnsSolver for NoDns {
+    async fn present(&self, name: &str, _: &str) -> Result<(), String> {
+        Err(format!(
+            "{name}: DNS-01 is needed and no DNS solver is configured"
+        ))
+    }
+    async fn cleanup(&self, _: &str, _: &str) {}
 }
 
 /// Publishes HTTP-01 answers where every node serves `/.well-known/acme-challenge/<token>`.
@@ -64,9 +105,11 @@ pub struct AcmeError {
     pub rate_limited: bool,
     /// Worth retrying at once with a new order (a rejected nonce, a connection error).
     pub transient: bool,
+    /// The CA's `Retry-After` on the failed request, as a wait from when it failed.
+    pub retry_after: Option<Duration>,
 }
 
-fn err(step: &'static str) -> impl Fn(instant_acme::Error) -> AcmeError {
+pub(crate) fn err(step: &'static str) -> impl Fn(instant_acme::Error) -> AcmeError {
     move |e| {
         let problem = match &e {
             instant_acme::Error::Api(p) => p.r#type.as_deref(),
@@ -83,16 +126,18 @@ fn err(step: &'static str) -> impl Fn(instant_acme::Error) -> AcmeError {
             message: e.to_string(),
             rate_limited,
             transient,
+            retry_after: None,
         }
     }
 }
 
-fn other(step: &'static str, message: impl std::fmt::Display) -> AcmeError {
+pub(crate) fn other(step: &'static str, message: impl std::fmt::Display) -> AcmeError {
     AcmeError {
         step,
         message: message.to_string(),
         rate_limited: false,
         transient: false,
+        retry_after: None,
     }
 }
 
@@ -101,12 +146,8 @@ fn other(step: &'static str, message: impl std::fmt::Display) -> AcmeError {
 pub async fn open_account(
     cfg: &DirectoryConfig,
     stored: Option<&str>,
-) -> Result<(Account, String), AcmeError> {
-    let builder = match &cfg.root_pem {
-        Some(root) => Account::builder_with_root(root),
-        None => Account::builder(),
-    }
-    .map_err(err("HTTP client"))?;
+) -> Result<(Acme, String), AcmeError> {
+    let (builder, slot) = Acme::builder(cfg.root_pem.as_deref())?;
     if let Some(json) = stored {
         let creds: AccountCredentials =
             serde_json::from_str(json).map_err(|e| other("stored account", e))?;
@@ -114,8 +155,12 @@ pub async fn open_account(
             .from_credentials(creds)
             .await
             .map_err(err("account"))?;
-        return Ok((account, json.to_string()));
+        return Ok((Acme::new(account, slot), json.to_string()));
     }
+    let eab = cfg
+        .eab
+        .as_ref()
+        .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
     let contact: Vec<&str> = cfg.contact.iter().map(String::as_str).collect();
     let (account, creds) = builder
         .create(
@@ -125,13 +170,13 @@ pub async fn open_account(
                 only_return_existing: false,
             },
             cfg.url.clone(),
-            None,
+            eab.as_ref(),
         )
         .await
         .map_err(err("new account"))?;
     info!(id = account.id(), "ACME account created");
     let json = serde_json::to_string(&creds).map_err(|e| other("account credentials", e))?;
-    Ok((account, json))
+    Ok((Acme::new(account, slot), json))
 }
 
 /// How the order is polled while the CA validates and issues.
@@ -154,38 +199,97 @@ fn csr(names: &[String], key: &rcgen::KeyPair) -> Result<Vec<u8>, AcmeError> {
 /// retries a rejected nonce a few times per request).
 const ATTEMPTS: u32 = 5;
 
-/// Orders a certificate for `names` (the first is the subject) with HTTP-01 challenges.
-/// Transient failures start a new order, up to [`ATTEMPTS`] in all.
-pub async fn issue<S: ChallengeStore>(
-    account: &Account,
-    names: &[String],
+/// Orders a certificate for `spec`, publishing HTTP-01 answers in `store` and DNS-01 ones
+/// through `dns`. Transient failures start a new order, up to [`ATTEMPTS`] in all.
+pub async fn issue<S: ChallengeStore, D: DnsSolver>(
+    acme: &Acme,
+    spec: &OrderSpec,
     store: &S,
+    dns: &D,
     patience: Duration,
 ) -> Result<Issued, AcmeError> {
+    if let Some(p) = &spec.profile {
+        let offered = acme.profiles();
+        if !offered.contains(p) {
+            return Err(other(
+                "profile",
+                format!(
+                    "the CA offers no profile {p:?} (it offers: {})",
+                    if offered.is_empty() {
+                        "none".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
     let mut attempt = 1;
     loop {
-        match issue_once(account, names, store, patience).await {
+        let result = issue_once(acme, spec, store, dns, patience).await;
+        match result {
             Err(e) if e.transient && attempt < ATTEMPTS => {
-                tracing::warn!(attempt, error = %e, "ACME order failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                let wait = acme
+                    .take_retry_after()
+                    .unwrap_or(Duration::from_millis(200 * u64::from(attempt)));
+                tracing::warn!(attempt, error = %e, wait_ms = wait.as_millis() as u64, "ACME order failed; retrying");
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
-            other => return other,
+            Err(mut e) => {
+                e.retry_after = acme.take_retry_after();
+                return Err(e);
+            }
+            ok => return ok,
         }
     }
 }
 
-async fn issue_once<S: ChallengeStore>(
-    account: &Account,
-    names: &[String],
+/// Places the order, naming the certificate it replaces when the CA takes that.
+async fn new_order(acme: &Acme, spec: &OrderSpec) -> Result<instant_acme::Order, AcmeError> {
+    let ids: Vec<Identifier> = spec.names.iter().cloned().map(Identifier::Dns).collect();
+    let order = || {
+        let o = NewOrder::new(&ids);
+        match &spec.profile {
+            Some(p) => o.profile(p),
+            None => o,
+        }
+    };
+    let replaces = spec.replaces.as_deref().and_then(|id| {
+        let (aki, serial) = id.split_once('.')?;
+        Some(CertificateIdentifier {
+            authority_key_identifier: aki.into(),
+            serial: serial.into(),
+        })
+    });
+    if let Some(r) = replaces {
+        match acme.account.new_order(&order().replaces(r)).await {
+            // The CA offers no renewal information, so it takes no `replaces` either.
+            Err(instant_acme::Error::Unsupported(_)) => {}
+            other => return other.map_err(err("new order")),
+        }
+    }
+    acme.account
+        .new_order(&order())
+        .await
+        .map_err(err("new order"))
+}
+
+/// A published challenge answer, removed after the order.
+enum Published {
+    Http(String),
+    Dns(String, String),
+}
+
+async fn issue_once<S: ChallengeStore, D: DnsSolver>(
+    acme: &Acme,
+    spec: &OrderSpec,
     store: &S,
+    dns: &D,
     patience: Duration,
 ) -> Result<Issued, AcmeError> {
-    let ids: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&ids))
-        .await
-        .map_err(err("new order"))?;
+    let names = &spec.names;
+    let mut order = new_order(acme, spec).await?;
     let mut published = Vec::new();
     let result = async {
         let mut authzs = order.authorizations();
@@ -196,15 +300,42 @@ async fn issue_once<S: ChallengeStore>(
                 AuthorizationStatus::Valid => continue,
                 s => return Err(other("authorization", format!("status {s:?}"))),
             }
-            let mut ch = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| other("authorization", "the CA offers no http-01 challenge"))?;
-            let token = ch.token.clone();
-            store
-                .put(&token, ch.key_authorization().as_str())
-                .await
-                .map_err(|e| other("publishing the challenge", e))?;
-            published.push(token);
+            let domain = match authz.identifier().identifier {
+                Identifier::Dns(d) => d.clone(),
+                other_id => {
+                    return Err(other(
+                        "authorization",
+                        format!("unexpected identifier {other_id:?}"),
+                    ))
+                }
+            };
+            let use_dns = spec.dns01 || authz.wildcard;
+            let kind = if use_dns {
+                ChallengeType::Dns01
+            } else {
+                ChallengeType::Http01
+            };
+            let mut ch = authz.challenge(kind.clone()).ok_or_else(|| {
+                other(
+                    "authorization",
+                    format!("the CA offers no {kind:?} challenge for {domain}"),
+                )
+            })?;
+            if use_dns {
+                let name = format!("_acme-challenge.{domain}");
+                let value = ch.key_authorization().dns_value();
+                dns.present(&name, &value)
+                    .await
+                    .map_err(|e| other("publishing the DNS-01 record", e))?;
+                published.push(Published::Dns(name, value));
+            } else {
+                let token = ch.token.clone();
+                store
+                    .put(&token, ch.key_authorization().as_str())
+                    .await
+                    .map_err(|e| other("publishing the challenge", e))?;
+                published.push(Published::Http(token));
+            }
             ch.set_ready().await.map_err(err("challenge ready"))?;
         }
         let retry = polling(patience);
@@ -238,8 +369,11 @@ async fn issue_once<S: ChallengeStore>(
         })
     }
     .await;
-    for token in &published {
-        store.remove(token).await;
+    for p in &published {
+        match p {
+            Published::Http(token) => store.remove(token).await,
+            Published::Dns(name, value) => dns.cleanup(name, value).await,
+        }
     }
     result
 }
@@ -247,13 +381,14 @@ async fn issue_once<S: ChallengeStore>(
 /// Picks up an order another node finalized (or was about to): the certificate when the CA
 /// issued it, `None` when the order never got that far (a new order is then needed).
 pub async fn resume(
-    account: &Account,
+    acme: &Acme,
     order_url: &str,
     key_pem: &str,
     names: &[String],
     patience: Duration,
 ) -> Result<Option<Issued>, AcmeError> {
-    let mut order = account
+    let mut order = acme
+        .account
         .order(order_url.to_string())
         .await
         .map_err(err("resume order"))?;

@@ -8,12 +8,31 @@ use std::time::{Duration, Instant};
 
 use crate::DirectoryConfig;
 
+/// A loopback port free for both TCP and UDP, for a test process to bind soon.
+///
+/// Taken below Linux's ephemeral range (32768-60999), from a counter this process starts at
+/// its own offset: a port the kernel hands out (an outgoing connection, `bind(0)`) never
+/// lands on it between this probe and the bind, nor does another test's pick. Probing with
+/// `bind(0)` did: a node's UDP gossip port was once taken by then.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() % 60) * 200,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// pebble and its challenge test server (for DNS); killed on drop.
@@ -23,6 +42,9 @@ pub struct Pebble {
     /// pebble's own HTTPS CA (PEM), to trust its directory and management API.
     pub root: std::path::PathBuf,
     pub management: std::net::SocketAddr,
+    /// pebble-challtestsrv's management API (`/set-txt`, `/clear-txt`): the DNS pebble
+    /// validates DNS-01 against.
+    pub challenge_management: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +79,12 @@ fn pebble_tls(dir: &Path) {
 impl Pebble {
     /// `http_port`: where pebble validates HTTP-01; `env`: pebble's fault switches.
     pub fn start(http_port: u16, env: &[(&str, &str)]) -> Pebble {
+        Pebble::start_with(http_port, env, serde_json::json!({}))
+    }
+
+    /// As [`Pebble::start`], with `extra` merged into pebble's configuration (for example
+    /// `externalAccountBindingRequired` and `externalAccountMACKeys`).
+    pub fn start_with(http_port: u16, env: &[(&str, &str)], extra: serde_json::Value) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         pebble_tls(dir.path());
         let (acme, mgmt, tls, dns, chall_mgmt) = (
@@ -76,6 +104,12 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
+        let mut config = config;
+        if let (Some(p), Some(extra)) = (config["pebble"].as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                p.insert(k.clone(), v.clone());
+            }
+        }
         let config_path = dir.path().join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
         let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
@@ -115,10 +149,13 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{acme}/dir"),
             root: dir.path().join("ca.pem"),
             management: std::net::SocketAddr::from(([127, 0, 0, 1], mgmt)),
+            challenge_management: std::net::SocketAddr::from(([127, 0, 0, 1], chall_mgmt)),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", acme)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", acme)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", chall_mgmt)).is_err()
+        {
             assert!(Instant::now() < deadline, "pebble did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -138,6 +175,37 @@ impl Pebble {
             url: self.directory.clone(),
             contact: vec!["mailto:ops@edge.test".into()],
             root_pem: Some(self.root.clone()),
+            eab: None,
         }
     }
+}
+
+/// Sets (`value` Some) or clears a TXT record in pebble-challtestsrv's DNS, through its
+/// management API (plain HTTP on loopback). `name` without the trailing dot.
+pub fn challtestsrv_txt(management: std::net::SocketAddr, name: &str, value: Option<&str>) {
+    use std::io::{Read, Write};
+    let (path, body) = match value {
+        Some(v) => (
+            "/set-txt",
+            serde_json::json!({ "host": format!("{name}."), "value": v }),
+        ),
+        None => (
+            "/clear-txt",
+            serde_json::json!({ "host": format!("{name}.") }),
+        ),
+    };
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(management).expect("challtestsrv management");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut rsp = String::new();
+    let _ = s.read_to_string(&mut rsp);
+    assert!(
+        rsp.starts_with("HTTP/1.1 200"),
+        "challtestsrv {path}: {rsp}"
+    );
 }

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgemesh_acme::testing::Pebble;
-use edgemesh_acme::{issue, open_account, resume, ChallengeStore};
+use edgemesh_acme::testing::{challtestsrv_txt, Pebble};
+use edgemesh_acme::{
+    cert_id, issue, open_account, resume, ChallengeStore, DnsSolver, NoDns, OrderSpec,
+};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -100,6 +102,64 @@ fn names(n: &[&str]) -> Vec<String> {
     n.iter().map(|s| s.to_string()).collect()
 }
 
+fn spec(n: &[&str]) -> OrderSpec {
+    OrderSpec {
+        names: names(n),
+        ..OrderSpec::default()
+    }
+}
+
+/// DNS-01 answers put into the DNS pebble validates against (pebble-challtestsrv), keeping
+/// every value of a name as Route53 does; records what it was asked.
+#[derive(Clone)]
+struct ChallDns {
+    management: std::net::SocketAddr,
+    records: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    presented: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl ChallDns {
+    fn new(pebble: &Pebble) -> ChallDns {
+        ChallDns {
+            management: pebble.challenge_management,
+            records: Arc::default(),
+            presented: Arc::default(),
+        }
+    }
+
+    fn sync(&self, name: &str) {
+        let values = self.records.lock().unwrap().get(name).cloned();
+        challtestsrv_txt(self.management, name, None);
+        for v in values.unwrap_or_default() {
+            challtestsrv_txt(self.management, name, Some(&v));
+        }
+    }
+}
+
+impl DnsSolver for ChallDns {
+    async fn present(&self, name: &str, value: &str) -> Result<(), String> {
+        self.records
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .push(value.to_string());
+        self.presented
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
+        self.sync(name);
+        Ok(())
+    }
+
+    async fn cleanup(&self, name: &str, value: &str) {
+        if let Some(v) = self.records.lock().unwrap().get_mut(name) {
+            v.retain(|x| x != value);
+        }
+        self.sync(name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
     let tokens = Tokens::default();
@@ -109,8 +169,9 @@ async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
     let (account, creds) = open_account(&pebble.config(), None).await.unwrap();
     let issued = issue(
         &account,
-        &names(&["shop.edge.test", "www.shop.edge.test"]),
+        &spec(&["shop.edge.test", "www.shop.edge.test"]),
         &tokens,
+        &NoDns,
         Duration::from_secs(30),
     )
     .await
@@ -147,8 +208,9 @@ async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
     assert_eq!(same, creds);
     issue(
         &again,
-        &names(&["api.edge.test"]),
+        &spec(&["api.edge.test"]),
         &tokens,
+        &NoDns,
         Duration::from_secs(30),
     )
     .await
@@ -162,8 +224,9 @@ async fn a_failed_validation_is_an_error_naming_the_step() {
     let (account, _) = open_account(&pebble.config(), None).await.unwrap();
     let e = issue(
         &account,
-        &names(&["missing.edge.test"]),
+        &spec(&["missing.edge.test"]),
         &Forgetful,
+        &NoDns,
         Duration::from_secs(30),
     )
     .await
@@ -185,7 +248,11 @@ async fn a_recorded_order_is_resumed_for_its_certificate_not_ordered_again() {
     let pebble = Pebble::start(port, &[]);
     let (account, _) = open_account(&pebble.config(), None).await.unwrap();
     let names = names(&["resume.edge.test"]);
-    let issued = issue(&account, &names, &store, Duration::from_secs(30))
+    let order = OrderSpec {
+        names: names.clone(),
+        ..OrderSpec::default()
+    };
+    let issued = issue(&account, &order, &store, &NoDns, Duration::from_secs(30))
         .await
         .unwrap();
     let (url, key) = store.pending.lock().unwrap().clone().expect("recorded");
@@ -197,4 +264,166 @@ async fn a_recorded_order_is_resumed_for_its_certificate_not_ordered_again() {
     assert_eq!(again.chain_pem, issued.chain_pem);
     assert_eq!(again.key_pem, issued.key_pem);
     assert_eq!(pebble.issued(), 1, "the CA issued once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_issues_a_wildcard_and_its_base_domain_then_removes_the_records() {
+    // Every authorization fresh, so each order presents every name.
+    let pebble = Pebble::start(
+        edgemesh_acme::testing::free_port(),
+        &[("PEBBLE_AUTHZREUSE", "0")],
+    );
+    let dns = ChallDns::new(&pebble);
+    let (acme, _) = open_account(&pebble.config(), None).await.unwrap();
+    // A wildcard is validated by DNS-01 without being asked (HTTP-01 would fail here: the
+    // HTTP store forgets what it is given).
+    let wildcard = issue(
+        &acme,
+        &spec(&["*.apps.edge.test"]),
+        &Forgetful,
+        &dns,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(wildcard.chain_pem.contains("BEGIN CERTIFICATE"));
+    // With `dns01`, every name: the wildcard and its base share one TXT name, two values.
+    let both = OrderSpec {
+        names: names(&["apps.edge.test", "*.apps.edge.test"]),
+        dns01: true,
+        ..OrderSpec::default()
+    };
+    let issued = issue(&acme, &both, &Forgetful, &dns, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(issued.chain_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect();
+    assert_eq!(
+        sans,
+        vec!["DNSName(apps.edge.test)", "DNSName(*.apps.edge.test)"]
+    );
+    let presented = dns.presented.lock().unwrap().clone();
+    assert_eq!(presented.len(), 3, "{presented:?}");
+    assert!(presented
+        .iter()
+        .all(|(n, v)| n == "_acme-challenge.apps.edge.test" && v.len() == 43));
+    assert_ne!(
+        presented[1].1, presented[2].1,
+        "one value per authorization"
+    );
+    assert!(
+        dns.records.lock().unwrap().values().all(Vec::is_empty),
+        "records removed after the orders"
+    );
+
+    // Without a DNS solver, a wildcard order fails naming the record it needed.
+    let e = issue(
+        &acme,
+        &spec(&["*.other.edge.test"]),
+        &Forgetful,
+        &NoDns,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.step, "publishing the DNS-01 record", "{e}");
+    assert!(e.message.contains("_acme-challenge.other.edge.test"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_renewal_information_the_lifetime_rules_and_replaces_is_dropped() {
+    let tokens = Tokens::default();
+    let port = serve_tokens(tokens.clone()).await;
+    let pebble = Pebble::start(port, &[]);
+    let (acme, _) = open_account(&pebble.config(), None).await.unwrap();
+    let first = issue(
+        &acme,
+        &spec(&["ari.edge.test"]),
+        &tokens,
+        &NoDns,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let id = cert_id(&first.chain_pem).expect("pebble's leaves carry an authority key id");
+    let (aki, serial) = id.split_once('.').unwrap();
+    assert!(
+        !aki.is_empty() && !serial.is_empty() && !id.contains('='),
+        "{id}"
+    );
+    // pebble 2.4's directory has no renewalInfo: no window, so the lifetime fraction rules.
+    assert_eq!(acme.renewal_window(&first.chain_pem).await.unwrap(), None);
+    // A renewal naming the certificate it replaces still orders (without `replaces`,
+    // which a CA without renewal information does not take).
+    let renewal = OrderSpec {
+        replaces: Some(id),
+        ..spec(&["ari.edge.test"])
+    };
+    let second = issue(&acme, &renewal, &tokens, &NoDns, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_ne!(second.chain_pem, first.chain_pem);
+    assert_eq!(pebble.issued(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_the_ca_does_not_offer_is_refused_by_name_before_ordering() {
+    let pebble = Pebble::start(edgemesh_acme::testing::free_port(), &[]);
+    let (acme, _) = open_account(&pebble.config(), None).await.unwrap();
+    assert!(acme.profiles().is_empty(), "pebble 2.4 offers no profiles");
+    let order = OrderSpec {
+        profile: Some("shortlived".into()),
+        ..spec(&["short.edge.test"])
+    };
+    let e = issue(&acme, &order, &Forgetful, &NoDns, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(e.step, "profile");
+    assert!(
+        e.message.contains("\"shortlived\"") && e.message.contains("offers: none"),
+        "{e}"
+    );
+    assert!(!e.transient && !e.rate_limited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_when_the_ca_requires_it() {
+    use base64::Engine;
+    let key = b"edgemesh test EAB key, 32 bytes!";
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+    let pebble = Pebble::start_with(
+        edgemesh_acme::testing::free_port(),
+        &[],
+        serde_json::json!({
+            "externalAccountBindingRequired": true,
+            "externalAccountMACKeys": { "kid-edge": encoded },
+        }),
+    );
+    let e = open_account(&pebble.config(), None).await.err().unwrap();
+    assert_eq!(e.step, "new account");
+    assert!(e.message.contains("externalAccountRequired"), "{e}");
+    let mut cfg = pebble.config();
+    cfg.eab = Some((
+        "kid-edge".into(),
+        b"a wrong key, same length, 32 b!!".to_vec(),
+    ));
+    assert!(
+        open_account(&cfg, None).await.is_err(),
+        "a wrong MAC key is refused"
+    );
+    cfg.eab = Some(("kid-edge".into(), key.to_vec()));
+    let (acme, creds) = open_account(&cfg, None).await.unwrap();
+    assert!(!acme.id().is_empty());
+    // Once created, the stored credentials open it without the binding.
+    let (again, _) = open_account(&pebble.config(), Some(&creds)).await.unwrap();
+    assert_eq!(again.id(), acme.id());
 }
