@@ -248,6 +248,21 @@ impl Mesh {
         self.leader_write(|state, term, now| state.set_as_leader(key, value, term, now).map(Some))
     }
 
+    /// Writes `key` as this member's own entry (any member may; by convention keys that
+    /// name the member, such as `held/<id>`) and disseminates it.
+    pub fn publish_own(&self, key: &str, value: Vec<u8>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let update = self
+            .shared
+            .state
+            .lock()
+            .expect("state lock")
+            .set(key, value, now);
+        let _ = self.publish.send(update);
+    }
+
     /// Deletes `key` as the acting leader (a tombstone in its term). Refused elsewhere.
     pub fn delete_as_leader(&self, key: &str) -> Result<(), NotLeader> {
         self.leader_write(|state, term, now| state.delete_as_leader(key, term, now))

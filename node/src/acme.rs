@@ -1,6 +1,7 @@
 //! ACME in the mesh: the acting leader orders certificates for the route hosts, publishes the
-//! HTTP-01 tokens into the cluster state (every node answers them), and publishes each
-//! certificate under `cert/<host>`. Every node serves what the state holds and keeps a copy
+//! HTTP-01 tokens into the cluster state (every node answers them) or the DNS-01 records into
+//! Route53, and publishes each certificate under `cert/<host>` and its order status under
+//! `acme/status/<host>`. Every node serves what the state holds and keeps a copy
 //! in its data directory (key files mode 0600), so it serves at once after a restart.
 //!
 //! Keep the last good state: a failed order leaves the current certificate in place, is
@@ -9,17 +10,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgemesh_acme::{
-    issue, open_account, renew_at, resume, ChallengeStore, DirectoryConfig, Validity,
+    cert_id, issue, open_account, resume, Acme, ChallengeStore, DirectoryConfig, DnsSolver, Due,
+    Failure, NoDns, OrderSpec, Schedule, Validity,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::ecs::model::{decode, encode};
 
-use crate::ecs::poll::Backoff;
 use crate::ecs::Publisher;
 
 pub const CERT_PREFIX: &str = "cert/";
@@ -27,6 +28,29 @@ pub const TOKEN_PREFIX: &str = "acme/token/";
 pub const ACCOUNT_KEY: &str = "acme/account";
 /// An order about to be finalized: its URL and key, so the next leader can resume it.
 pub const PENDING_PREFIX: &str = "acme/pending/";
+/// The last order per certificate, written by the leader ([`OrderStatus`]).
+pub const STATUS_PREFIX: &str = "acme/status/";
+/// What each node serves, written by that node: `held/<node id>` ([`Held`]).
+pub const HELD_PREFIX: &str = "held/";
+
+/// A certificate's order history as the leader last wrote it (Unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderStatus {
+    pub names: Vec<String>,
+    pub last_attempt: Option<i64>,
+    pub last_success: Option<i64>,
+    pub last_error: Option<String>,
+    pub rate_limited: bool,
+    /// Failures in a row.
+    pub failures: u32,
+    /// When it renews (or retries), and by what: "ari" (the CA's window), "lifetime",
+    /// "back-off", "retry-after".
+    pub next: Option<i64>,
+    pub next_by: String,
+}
+
+/// The ACME certificates one node serves: first name -> notAfter.
+pub type Held = BTreeMap<String, i64>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
@@ -45,14 +69,22 @@ pub struct AcmeSettings {
     pub renew_after: Option<Duration>,
     /// Certificates holding several names; hosts not listed get one each.
     pub certificates: Vec<Vec<String>>,
+    /// DNS-01 for every name (wildcards use it regardless).
+    pub dns01: bool,
+    pub profile: Option<String>,
+    /// External Account Binding: key id and raw HMAC key.
+    pub eab: Option<(String, Vec<u8>)>,
+    /// The DNS-01 solver's Route53 hosted zone id and API region.
+    pub route53: Option<(String, Option<String>)>,
 }
 
 /// The certificates to hold: the configured name sets, then one per TLS host none covers
-/// (wildcards need DNS-01, not built yet).
+/// (wildcard hosts only with a DNS-01 solver, the one challenge that validates them).
 pub fn certificate_sets(settings: &AcmeSettings, tls_hosts: &[String]) -> Vec<Vec<String>> {
     let mut sets = settings.certificates.clone();
     for h in tls_hosts {
-        if !h.starts_with('*') && !sets.iter().any(|s| s.contains(h)) {
+        let validatable = !h.starts_with('*') || settings.route53.is_some();
+        if validatable && h != "*" && !sets.iter().any(|s| s.contains(h)) {
             sets.push(vec![h.clone()]);
         }
     }
@@ -119,14 +151,50 @@ pub trait AcmeHost: Publisher {
     /// whole-cluster restart the state is empty, and these must not be ordered again.
     fn local_cert(&self, host: &str) -> Option<CertRecord>;
     fn local_account(&self) -> Option<String>;
-    /// The outcome of an order for `host` (for metrics and `meshctl status`).
+    /// An order for `host` is placed (metrics).
+    fn order_started(&self, host: &str);
+    /// The outcome of an order for `host` (metrics).
     fn order_done(&self, host: &str, outcome: Result<(), &edgemesh_acme::AcmeError>);
+}
+
+/// The DNS-01 solver the settings name: Route53, given time to reach the CA's resolvers after
+/// INSYNC, or none.
+enum Dns {
+    None,
+    Route53(crate::route53::Route53, Duration),
+}
+
+impl DnsSolver for Dns {
+    async fn present(&self, name: &str, value: &str) -> Result<(), String> {
+        match self {
+            Dns::None => NoDns.present(name, value).await,
+            Dns::Route53(r, settle) => {
+                r.present(name, value).await?;
+                tokio::time::sleep(*settle).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn cleanup(&self, name: &str, value: &str) {
+        if let Dns::Route53(r, _) = self {
+            r.cleanup(name, value).await;
+        }
+    }
+}
+
+fn validity(c: &CertRecord) -> Validity {
+    Validity {
+        not_before: c.not_before,
+        not_after: c.not_after,
+    }
 }
 
 /// Orders and renews while this node is the acting leader, forever.
 pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
-    let mut account: Option<(String, edgemesh_acme::Account)> = None;
-    let mut retry_at: BTreeMap<String, (Instant, Backoff)> = BTreeMap::new();
+    let mut account: Option<(DirectoryConfig, Acme)> = None;
+    let mut dns: (Option<(String, Option<String>)>, Arc<Dns>) = (None, Arc::new(Dns::None));
+    let mut schedules: BTreeMap<String, Schedule> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some((settings, hosts)) = host.plan().await else {
@@ -139,8 +207,10 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             url: settings.directory.clone(),
             contact: settings.contact.clone(),
             root_pem: settings.root_pem.clone(),
+            eab: settings.eab.clone(),
         };
-        if account.as_ref().is_none_or(|(url, _)| *url != cfg.url) {
+        let same_ca = |a: &DirectoryConfig| a.url == cfg.url && a.root_pem == cfg.root_pem;
+        if account.as_ref().is_none_or(|(a, _)| !same_ca(a)) {
             let stored = host
                 .get(ACCOUNT_KEY)
                 .and_then(|b| String::from_utf8(b).ok())
@@ -150,7 +220,7 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                     if stored.as_deref() != Some(creds.as_str()) {
                         let _ = host.publish(ACCOUNT_KEY, creds.into_bytes());
                     }
-                    account = Some((cfg.url.clone(), acct));
+                    account = Some((cfg.clone(), acct));
                 }
                 Err(e) => {
                     warn!(error = %e, directory = %cfg.url, "ACME account unavailable");
@@ -158,20 +228,25 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                 }
             }
         }
+        if dns.0 != settings.route53 {
+            let solver = match &settings.route53 {
+                None => Dns::None,
+                Some((zone, region)) => Dns::Route53(
+                    crate::route53::Route53::new(zone, region.as_deref()).await,
+                    settings.propagation,
+                ),
+            };
+            dns = (settings.route53.clone(), Arc::new(solver));
+        }
         let (_, acct) = account.as_ref().expect("opened above");
         for set in hosts {
-            let name = set[0].clone();
-            let store = StateChallenges {
-                publisher: host.clone(),
-                propagation: settings.propagation,
-                host: name.clone(),
-            };
-            if retry_at
-                .get(&name)
-                .is_some_and(|(at, _)| Instant::now() < *at)
-            {
-                continue;
+            if !host.acting() {
+                break;
             }
+            let name = set[0].clone();
+            let schedule = schedules
+                .entry(name.clone())
+                .or_insert_with(|| Schedule::new(fastrand::f64()));
             let key = format!("{CERT_PREFIX}{name}");
             let in_state = host.get(&key).and_then(|b| decode::<CertRecord>(&b));
             let current = match (in_state, host.local_cert(&name)) {
@@ -186,20 +261,50 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                 }
                 (None, None) => None,
             };
-            let due = current.as_ref().is_none_or(|c| {
-                let v = Validity {
-                    not_before: c.not_before,
-                    not_after: c.not_after,
-                };
-                let by_age = settings
-                    .renew_after
-                    .map_or(i64::MAX, |d| c.not_before + d.as_secs() as i64);
-                unix_now() >= renew_at(v, None, settings.renew_fraction, 0.5).min(by_age)
-            });
-            if !due || !host.acting() {
+            let now = unix_now();
+            if let Some(c) = &current {
+                if schedule.wants_window(now, validity(c)) {
+                    let window = match acct.renewal_window(&c.chain_pem).await {
+                        Ok(w) => w.map(|w| ((w.start, w.end), w.check_after.as_secs())),
+                        Err(e) => {
+                            warn!(host = %name, error = %e, "renewal information unavailable; the lifetime rule applies");
+                            None
+                        }
+                    };
+                    schedule.set_window(now, validity(c), window);
+                }
+            }
+            let fraction = settings.renew_fraction;
+            let max_age = settings.renew_after.map(|d| d.as_secs());
+            let status_key = format!("{STATUS_PREFIX}{name}");
+            let mut status = host
+                .get(&status_key)
+                .and_then(|b| decode::<OrderStatus>(&b))
+                .unwrap_or_default();
+            let before = status.clone();
+            status.names = set.clone();
+            let due = schedule.due(now, current.as_ref().map(validity), fraction, max_age);
+            if let Due::At(at) = due {
+                // Renewal point or end of back-off, for `meshctl certs`.
+                if status.failures == 0 {
+                    status.next = Some(at);
+                    status.next_by = if schedule.has_window() {
+                        "ari"
+                    } else {
+                        "lifetime"
+                    }
+                    .into();
+                }
+                if status != before {
+                    let _ = host.publish(&status_key, encode(&status));
+                }
                 continue;
             }
-            let names = &set[..];
+            let store = StateChallenges {
+                publisher: host.clone(),
+                propagation: settings.propagation,
+                host: name.clone(),
+            };
             let pending_key = format!("{PENDING_PREFIX}{name}");
             // A previous leader may have died after asking the CA to issue: finish its order
             // rather than placing another (the certificate is issued once).
@@ -210,7 +315,7 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                         acct,
                         &p.order_url,
                         &p.key_pem,
-                        names,
+                        &set,
                         Duration::from_secs(60),
                     )
                     .await;
@@ -230,10 +335,18 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             let result = match resumed {
                 Some(i) => Ok(i),
                 None => {
+                    let spec = OrderSpec {
+                        names: set.clone(),
+                        dns01: settings.dns01,
+                        profile: settings.profile.clone(),
+                        replaces: current.as_ref().and_then(|c| cert_id(&c.chain_pem)),
+                    };
                     info!(host = %name, renewal = current.is_some(), "ACME order starts");
-                    issue(acct, names, &store, Duration::from_secs(60)).await
+                    host.order_started(&name);
+                    issue(acct, &spec, &store, &*dns.1, Duration::from_secs(60)).await
                 }
             };
+            status.last_attempt = Some(unix_now());
             match result {
                 Ok(i) => {
                     let record = CertRecord {
@@ -243,7 +356,7 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                         not_before: i.validity.not_before,
                         not_after: i.validity.not_after,
                     };
-                    match host.publish(&format!("{CERT_PREFIX}{name}"), encode(&record)) {
+                    match host.publish(&key, encode(&record)) {
                         Ok(()) => {
                             info!(host = %name, not_after = record.not_after, "certificate issued and shared")
                         }
@@ -254,23 +367,38 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
                     // Done with it: a later leader must not resume this order.
                     let _ = host.delete(&pending_key);
                     host.order_done(&name, Ok(()));
-                    retry_at.remove(&name);
+                    schedule.succeeded();
+                    status.last_success = status.last_attempt;
+                    status.last_error = None;
+                    status.rate_limited = false;
+                    status.failures = 0;
+                    status.next = None;
+                    status.next_by = String::new();
                 }
                 Err(e) => {
                     host.order_done(&name, Err(&e));
-                    let entry = retry_at
-                        .entry(name.clone())
-                        .or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(5))));
-                    let wait = if e.rate_limited {
-                        Duration::from_secs(3600)
-                    } else {
-                        entry.1.next(false, fastrand::f64())
-                    };
-                    entry.0 = Instant::now() + wait;
+                    let wait = schedule.failed(
+                        unix_now(),
+                        Failure {
+                            rate_limited: e.rate_limited,
+                            retry_after: e.retry_after.map(|d| d.as_secs()),
+                        },
+                    );
                     warn!(host = %name, step = e.step, rate_limited = e.rate_limited, error = %e.message,
-                        retry_in_secs = wait.as_secs(), "ACME order failed; the current certificate stays");
+                        retry_in_secs = wait, "ACME order failed; the current certificate stays");
+                    status.last_error = Some(e.to_string());
+                    status.rate_limited = e.rate_limited;
+                    status.failures = schedule.failures();
+                    status.next = Some(unix_now() + wait);
+                    status.next_by = if e.retry_after.is_some() {
+                        "retry-after"
+                    } else {
+                        "back-off"
+                    }
+                    .into();
                 }
             }
+            let _ = host.publish(&status_key, encode(&status));
         }
     }
 }
@@ -357,6 +485,10 @@ mod tests {
             renew_fraction: 2.0 / 3.0,
             renew_after: None,
             certificates: vec![vec!["shop.test".into(), "www.shop.test".into()]],
+            dns01: false,
+            profile: None,
+            eab: None,
+            route53: None,
         };
         let hosts: Vec<String> = ["www.shop.test", "api.test", "*.apps.test"]
             .iter()
@@ -368,6 +500,15 @@ mod tests {
                 vec!["shop.test".to_string(), "www.shop.test".to_string()],
                 vec!["api.test".to_string()],
             ]
+        );
+        // With a DNS-01 solver, the wildcard host gets its certificate too.
+        let dns = AcmeSettings {
+            route53: Some(("Z1".into(), None)),
+            ..settings
+        };
+        assert_eq!(
+            certificate_sets(&dns, &hosts).last().unwrap(),
+            &vec!["*.apps.test".to_string()]
         );
     }
 }

@@ -10,8 +10,9 @@ use rustls::pki_types::CertificateDer;
 use crate::config::Config;
 use crate::local_ca::LocalCa;
 
-/// Expiry (unix seconds) and DNS names of a DER certificate.
-pub fn inspect(der: &CertificateDer<'_>) -> Result<(i64, Vec<String>)> {
+/// Expiry (unix seconds), DNS names and issuer (common name, else the whole name) of a DER
+/// certificate.
+pub fn inspect(der: &CertificateDer<'_>) -> Result<(i64, Vec<String>, String)> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| anyhow!("bad certificate: {e}"))?;
     let mut names = Vec::new();
@@ -22,7 +23,13 @@ pub fn inspect(der: &CertificateDer<'_>) -> Result<(i64, Vec<String>)> {
             }
         }
     }
-    Ok((cert.validity().not_after.timestamp(), names))
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok().map(str::to_string))
+        .unwrap_or_else(|| cert.issuer().to_string());
+    Ok((cert.validity().not_after.timestamp(), names, issuer))
 }
 
 fn from_files(cert: &Path, key: &Path) -> Result<CertEntry> {
@@ -40,11 +47,13 @@ pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], source: String) -> Result<CertE
     let first = chain
         .first()
         .ok_or_else(|| anyhow!("no certificate found"))?;
-    let (not_after, names) = inspect(first)?;
+    let (not_after, names, issuer) = inspect(first)?;
     let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
         .context("parsing the private key")?
         .ok_or_else(|| anyhow!("no private key found"))?;
-    Ok(CertEntry::new(names, chain, key_der, not_after, source)?)
+    let mut entry = CertEntry::new(names, chain, key_der, not_after, source)?;
+    entry.issuer = issuer;
+    Ok(entry)
 }
 
 /// The certificates for `config` and the index of the default one: files first, then the
@@ -78,14 +87,11 @@ pub fn build(config: &Config, acme: &[CertEntry]) -> Result<(Vec<CertEntry>, Opt
             .with_context(|| format!("local CA in {}", config.data_dir.display()))?;
         for host in uncovered {
             let issued = ca.issue(std::slice::from_ref(&host))?;
-            let (not_after, _) = inspect(&issued.chain[0])?;
-            entries.push(CertEntry::new(
-                vec![host],
-                issued.chain,
-                issued.key,
-                not_after,
-                "local-ca",
-            )?);
+            let (not_after, _, issuer) = inspect(&issued.chain[0])?;
+            let mut entry =
+                CertEntry::new(vec![host], issued.chain, issued.key, not_after, "local-ca")?;
+            entry.issuer = issuer;
+            entries.push(entry);
         }
     }
     let default = match &config.default_cert {

@@ -94,7 +94,9 @@ pub struct Daemon {
     acme_certs: Mutex<BTreeMap<String, crate::acme::CertRecord>>,
     /// ACME orders placed by this node, by result, and the last outcome per host.
     acme_orders: Family<ResultLabel, Counter>,
-    acme_last: Mutex<BTreeMap<String, String>>,
+    acme_started: Counter,
+    held_sent: std::sync::atomic::AtomicBool,
+    cert_days_left: Family<CertLabel, prometheus_client::metrics::gauge::Gauge>,
     /// The ACME account credentials as last seen (state or disk).
     acme_account: Mutex<Option<String>>,
     /// Routes from ECS docker labels last applied, and the ones refused.
@@ -115,6 +117,13 @@ pub struct Daemon {
 /// `{result="..."}`: reloads, gossip packets, sync rounds, ACME orders.
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CertLabel {
+    /// The certificate's first name.
+    name: String,
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -329,6 +338,19 @@ impl Daemon {
             "ACME orders this node placed as leader, by result (issued, failed, rate_limited)",
             acme_orders.clone(),
         );
+        let acme_started = Counter::default();
+        registry.register(
+            "edgemesh_acme_orders_started",
+            "ACME orders this node started as leader",
+            acme_started.clone(),
+        );
+        let cert_days_left =
+            Family::<CertLabel, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "edgemesh_certificate_days_left",
+            "Whole days until each served certificate expires (negative: expired)",
+            cert_days_left.clone(),
+        );
         let daemon = Arc::new(Daemon {
             proxy,
             cluster_state,
@@ -344,7 +366,9 @@ impl Daemon {
             acme_tokens: Mutex::new(Default::default()),
             acme_certs: Mutex::new(acme_certs),
             acme_orders,
-            acme_last: Mutex::new(BTreeMap::new()),
+            acme_started,
+            held_sent: Default::default(),
+            cert_days_left,
             acme_account: Mutex::new(
                 std::fs::read_to_string(config_data_dir.join("acme/account.json")).ok(),
             ),
@@ -531,8 +555,14 @@ impl Daemon {
             }
         }
         if changed.is_empty() {
+            // What this node brought from its disk, once.
+            if !self.held_sent.swap(true, Relaxed) {
+                self.publish_held();
+            }
             return;
         }
+        self.held_sent.store(true, Relaxed);
+        self.publish_held();
         let current = self.current.lock().await;
         let dir = current.0.data_dir.join("acme");
         for (host, rec) in &changed {
@@ -548,6 +578,32 @@ impl Daemon {
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "certificates not rebuilt; the previous ones keep serving")
+            }
+        }
+    }
+
+    /// Tells the mesh which ACME certificates this node serves (`held/<id>`).
+    fn publish_held(&self) {
+        let held: crate::acme::Held = self
+            .acme_certs
+            .lock()
+            .expect("acme lock")
+            .iter()
+            .map(|(h, r)| (h.clone(), r.not_after))
+            .collect();
+        let value = crate::ecs::model::encode(&held);
+        match self.mesh.lock().expect("mesh lock").as_ref() {
+            Some(m) => {
+                let key = format!("{}{}", crate::acme::HELD_PREFIX, m.status().me.id);
+                m.publish_own(&key, value)
+            }
+            None => {
+                let now = unix_now() * 1000;
+                let key = format!("{}local", crate::acme::HELD_PREFIX);
+                self.cluster_state
+                    .lock()
+                    .expect("state lock")
+                    .set(&key, value, now);
             }
         }
     }
@@ -774,8 +830,30 @@ impl Daemon {
             }
         }
         v["version"] = env!("CARGO_PKG_VERSION").into();
-        v["acme_orders"] =
-            serde_json::to_value(&*self.acme_last.lock().expect("acme lock")).unwrap_or_default();
+        {
+            // Order status (the leader's) and which nodes hold which certificate (each node's).
+            let state = self.cluster_state.lock().expect("state lock");
+            let orders: BTreeMap<&str, crate::acme::OrderStatus> = state
+                .leader_entries(crate::acme::STATUS_PREFIX)
+                .filter_map(|(k, b)| {
+                    Some((
+                        &k[crate::acme::STATUS_PREFIX.len()..],
+                        crate::ecs::model::decode(b)?,
+                    ))
+                })
+                .collect();
+            let held: BTreeMap<&str, crate::acme::Held> = state
+                .prefix(crate::acme::HELD_PREFIX)
+                .filter_map(|(k, b)| {
+                    Some((
+                        &k[crate::acme::HELD_PREFIX.len()..],
+                        crate::ecs::model::decode(b)?,
+                    ))
+                })
+                .collect();
+            v["acme_orders"] = serde_json::to_value(orders).unwrap_or_default();
+            v["acme_held"] = serde_json::to_value(held).unwrap_or_default();
+        }
         v["ecs"] = self
             .cluster_state
             .lock()
@@ -834,6 +912,17 @@ impl Daemon {
             members("down", m.down.len());
             let c = &self.leader_changes;
             c.inc_by(m.election.leader_changes.saturating_sub(c.get()));
+        }
+        let now = unix_now() as i64;
+        self.cert_days_left.clear();
+        for c in self.proxy.certs().status() {
+            let name = c.names.first().cloned().unwrap_or_default();
+            self.cert_days_left
+                .get_or_create(&CertLabel {
+                    name,
+                    source: c.source,
+                })
+                .set((c.not_after - now).div_euclid(86_400));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -996,7 +1085,11 @@ impl crate::acme::AcmeHost for Daemon {
         self.acme_account.lock().expect("acme lock").clone()
     }
 
-    fn order_done(&self, host: &str, outcome: Result<(), &edgemesh_acme::AcmeError>) {
+    fn order_started(&self, _host: &str) {
+        self.acme_started.inc();
+    }
+
+    fn order_done(&self, _host: &str, outcome: Result<(), &edgemesh_acme::AcmeError>) {
         let result = match outcome {
             Ok(()) => "issued",
             Err(e) if e.rate_limited => "rate_limited",
@@ -1005,13 +1098,5 @@ impl crate::acme::AcmeHost for Daemon {
         self.acme_orders
             .get_or_create(&ResultLabel { result })
             .inc();
-        let line = match outcome {
-            Ok(()) => format!("issued at {}", unix_now()),
-            Err(e) => format!("{e}"),
-        };
-        self.acme_last
-            .lock()
-            .expect("acme lock")
-            .insert(host.to_string(), line);
     }
 }

@@ -34,6 +34,8 @@ pub struct CertEntry {
     pub not_after: i64,
     /// Where it came from: "local-ca", "acme", "file:/path", ...
     pub source: String,
+    /// The issuer's common name (or whole name), for status output; empty when unknown.
+    pub issuer: String,
 }
 
 impl fmt::Debug for CertEntry {
@@ -68,6 +70,7 @@ impl CertEntry {
             key: Arc::new(CertifiedKey::new(chain, signing)),
             not_after,
             source: source.into(),
+            issuer: String::new(),
         })
     }
 }
@@ -77,6 +80,7 @@ pub struct CertStatus {
     pub names: Vec<String>,
     pub not_after: i64,
     pub source: String,
+    pub issuer: String,
     pub default: bool,
 }
 
@@ -168,6 +172,7 @@ impl CertStore {
                 names: e.names.clone(),
                 not_after: e.not_after,
                 source: e.source.clone(),
+                issuer: e.issuer.clone(),
                 default: set.default == Some(i),
             })
             .collect()

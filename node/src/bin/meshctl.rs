@@ -54,6 +54,13 @@ enum Command {
     Leader,
     /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
     Keygen,
+    /// Certificates this node serves: names, issuer, expiry, which nodes hold each, and the
+    /// leader's last ACME attempt, next renewal and last error.
+    Certs {
+        /// Print the node's JSON status as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// ECS topology: the leader's last poll (errors, API calls per minute), what each ECS pool
     /// selects, and every service's tasks and endpoints.
     Topology {
@@ -85,9 +92,24 @@ struct Status {
     active_connections: u64,
     draining: bool,
     ecs: Option<PollStatus>,
-    /// Host -> the last ACME order's outcome on this node (when it led).
+    /// Certificate (first name) -> the leader's order status.
     #[serde(default)]
-    acme_orders: std::collections::BTreeMap<String, String>,
+    acme_orders: std::collections::BTreeMap<String, OrderStatus>,
+    /// Node -> certificate (first name) -> notAfter of what that node serves.
+    #[serde(default)]
+    acme_held: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+}
+
+/// The node's `acme::OrderStatus`.
+#[derive(Deserialize, Default)]
+struct OrderStatus {
+    last_attempt: Option<i64>,
+    last_success: Option<i64>,
+    last_error: Option<String>,
+    rate_limited: bool,
+    failures: u32,
+    next: Option<i64>,
+    next_by: String,
 }
 
 /// The leader's last ECS poll (node's `ecs::PollStatus`).
@@ -172,6 +194,89 @@ fn ago(ms: u64) -> String {
         return format!("in {:.1} s", (ms - now) as f64 / 1000.0);
     }
     format!("{:.1} s ago", (now - ms) as f64 / 1000.0)
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
+fn utc(secs: i64) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) else {
+        return secs.to_string();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+fn print_certs(s: &Status) {
+    let nodes = s.acme_held.len();
+    let rows = s
+        .certificates
+        .iter()
+        .map(|c| {
+            let first = c.names.first().cloned().unwrap_or_default();
+            let acme = c.source == "acme";
+            // Nodes serving this certificate or a newer one.
+            let holders: Vec<&str> = s
+                .acme_held
+                .iter()
+                .filter(|(_, h)| h.get(&first).is_some_and(|na| *na >= c.not_after))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let o = s.acme_orders.get(&first);
+            let or = |v: Option<i64>| v.map_or("-".to_string(), utc);
+            vec![
+                c.names.join(","),
+                if c.issuer.is_empty() {
+                    "-".into()
+                } else {
+                    c.issuer.clone()
+                },
+                utc(c.not_after),
+                c.days_left.to_string(),
+                c.source.clone(),
+                if acme {
+                    format!("{}/{} {}", holders.len(), nodes, holders.join(","))
+                } else {
+                    "-".into()
+                },
+                or(o.and_then(|o| o.last_attempt)),
+                o.and_then(|o| o.next.map(|n| format!("{} ({})", utc(n), o.next_by)))
+                    .unwrap_or_else(|| "-".into()),
+                o.and_then(|o| o.last_error.clone())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAMES",
+            "ISSUER",
+            "NOT-AFTER",
+            "DAYS-LEFT",
+            "SOURCE",
+            "HELD-BY",
+            "LAST-ATTEMPT",
+            "NEXT",
+            "LAST-ERROR",
+        ],
+        rows,
+    );
+    // Orders with no certificate served yet (first issuance failing).
+    for (host, o) in &s.acme_orders {
+        if !s.certificates.iter().any(|c| c.names.first() == Some(host)) {
+            println!(
+                "{host}: no certificate yet; last attempt {}, last success {}, next {}: {}",
+                o.last_attempt.map_or("never".into(), utc),
+                o.last_success.map_or("never".into(), utc),
+                o.next.map_or("-".into(), utc),
+                o.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
 }
 
 fn print_poll(p: &PollStatus) {
@@ -345,7 +450,10 @@ struct Endpoint {
 struct Cert {
     names: Vec<String>,
     days_left: i64,
+    not_after: i64,
     source: String,
+    #[serde(default)]
+    issuer: String,
     default: bool,
 }
 
@@ -465,6 +573,17 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             let status: Status = serde_json::from_str(&body)
                 .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
             print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs { json } => {
+            let body = request(&cli.addr, "GET", "/status").await?.1;
+            if *json {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status: Status = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
+            print_certs(&status);
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology { json } => {
@@ -651,8 +770,14 @@ fn print_status(s: &Status) {
     if let Some(p) = &s.ecs {
         print_poll(p);
     }
-    for (host, last) in &s.acme_orders {
-        println!("acme: {host}: last order {last}");
+    for (host, o) in &s.acme_orders {
+        if let Some(e) = &o.last_error {
+            println!(
+                "acme: {host}: last order FAILED ({} in a row{}): {e}",
+                o.failures,
+                if o.rate_limited { ", rate limited" } else { "" }
+            );
+        }
     }
     if let Some(r) = &s.config.last_reload {
         match (&r.ok, &r.error) {

@@ -84,6 +84,23 @@ struct RawAcme {
     /// Certificates with several names (`[["example.com", "www.example.com"]]`).
     #[serde(default)]
     certificates: Vec<Vec<String>>,
+    /// `http-01` (default) or `dns-01` for every name; wildcards always use `dns-01`.
+    challenge: Option<String>,
+    /// The CA's certificate profile (Let's Encrypt: `classic`, `tlsserver`, `shortlived`).
+    profile: Option<String>,
+    /// External Account Binding: the key id, and the environment variable holding the
+    /// base64url HMAC key.
+    eab_kid: Option<String>,
+    eab_hmac_key_env: Option<String>,
+    /// The DNS-01 solver: TXT records in this Route53 hosted zone.
+    route53: Option<RawAcmeRoute53>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcmeRoute53 {
+    hosted_zone_id: String,
+    region: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -609,54 +626,7 @@ pub fn parse(
     let ecs = ecs_settings(&raw, &ecs_targets, &err, env)?;
     let acme = match &raw.acme {
         None => None,
-        Some(a) => {
-            if !(a.directory.starts_with("https://") || a.directory.starts_with("http://")) {
-                return Err(err(
-                    "acme.directory",
-                    format!("{:?} is not an http(s) URL", a.directory),
-                ));
-            }
-            for (i, c) in a.contact.iter().enumerate() {
-                if !c.starts_with("mailto:") {
-                    return Err(err(
-                        &format!("acme.contact[{i}]"),
-                        format!("{c:?} must be a mailto: URI"),
-                    ));
-                }
-            }
-            let fraction = a.renew_fraction.unwrap_or(2.0 / 3.0);
-            if !(0.05..=0.95).contains(&fraction) {
-                return Err(err(
-                    "acme.renew_fraction",
-                    format!("{fraction} is outside 0.05..=0.95"),
-                ));
-            }
-            Some(crate::acme::AcmeSettings {
-                directory: a.directory.clone(),
-                contact: a.contact.clone(),
-                root_pem: a
-                    .root_pem
-                    .as_ref()
-                    .map(|p| path.parent().unwrap_or(Path::new(".")).join(p)),
-                propagation: Duration::from_millis(a.propagation_ms.unwrap_or(2_000)),
-                renew_fraction: fraction,
-                renew_after: a.renew_after_secs.map(Duration::from_secs),
-                certificates: {
-                    for (i, set) in a.certificates.iter().enumerate() {
-                        if set.is_empty() || set.iter().any(|n| n.trim().is_empty()) {
-                            return Err(err(
-                                &format!("acme.certificates[{i}]"),
-                                "needs at least one name, none empty".into(),
-                            ));
-                        }
-                    }
-                    a.certificates
-                        .iter()
-                        .map(|set| set.iter().map(|n| n.trim().to_ascii_lowercase()).collect())
-                        .collect()
-                },
-            })
-        }
+        Some(a) => Some(acme_settings(a, path, &err, env)?),
     };
     let dns_servers = raw
         .dns
@@ -754,6 +724,137 @@ fn ecs_settings(
                 .clamp(100, 120_000),
         ),
     }))
+}
+
+fn acme_settings(
+    a: &RawAcme,
+    path: &Path,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::acme::AcmeSettings, ConfigError> {
+    if !(a.directory.starts_with("https://") || a.directory.starts_with("http://")) {
+        return Err(err(
+            "acme.directory",
+            format!("{:?} is not an http(s) URL", a.directory),
+        ));
+    }
+    for (i, c) in a.contact.iter().enumerate() {
+        if !c.starts_with("mailto:") {
+            return Err(err(
+                &format!("acme.contact[{i}]"),
+                format!("{c:?} must be a mailto: URI"),
+            ));
+        }
+    }
+    let fraction = a.renew_fraction.unwrap_or(2.0 / 3.0);
+    if !(0.05..=0.95).contains(&fraction) {
+        return Err(err(
+            "acme.renew_fraction",
+            format!("{fraction} is outside 0.05..=0.95"),
+        ));
+    }
+    for (i, set) in a.certificates.iter().enumerate() {
+        if set.is_empty() || set.iter().any(|n| n.trim().is_empty()) {
+            return Err(err(
+                &format!("acme.certificates[{i}]"),
+                "needs at least one name, none empty".into(),
+            ));
+        }
+    }
+    let certificates: Vec<Vec<String>> = a
+        .certificates
+        .iter()
+        .map(|set| set.iter().map(|n| n.trim().to_ascii_lowercase()).collect())
+        .collect();
+    let dns01 = match a.challenge.as_deref() {
+        None | Some("http-01") => false,
+        Some("dns-01") => true,
+        Some(other) => {
+            return Err(err(
+                "acme.challenge",
+                format!("{other:?} is not \"http-01\" or \"dns-01\""),
+            ))
+        }
+    };
+    let route53 = match &a.route53 {
+        None => None,
+        Some(r) if r.hosted_zone_id.trim().is_empty() => {
+            return Err(err("acme.route53.hosted_zone_id", "is empty".into()))
+        }
+        Some(r) => Some((
+            r.hosted_zone_id
+                .trim()
+                .trim_start_matches("/hostedzone/")
+                .to_string(),
+            r.region.clone(),
+        )),
+    };
+    if route53.is_none() {
+        if dns01 {
+            return Err(err(
+                "acme.challenge",
+                "\"dns-01\" needs a DNS solver: add [acme.route53] hosted_zone_id".into(),
+            ));
+        }
+        if let Some(w) = certificates.iter().flatten().find(|n| n.starts_with("*.")) {
+            return Err(err(
+                "acme.certificates",
+                format!("{w:?} is a wildcard, which only DNS-01 validates: add [acme.route53] hosted_zone_id"),
+            ));
+        }
+    }
+    if a.profile.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(err("acme.profile", "is empty".into()));
+    }
+    let eab = match (&a.eab_kid, &a.eab_hmac_key_env) {
+        (None, None) => None,
+        (Some(kid), Some(var)) => {
+            use base64::Engine;
+            let value = env(var).ok_or_else(|| {
+                err(
+                    "acme.eab_hmac_key_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(value.trim().trim_end_matches('='))
+                .map_err(|e| {
+                    err(
+                        "acme.eab_hmac_key_env",
+                        format!("{var} is not base64url: {e}"),
+                    )
+                })?;
+            Some((kid.clone(), key))
+        }
+        (Some(_), None) => {
+            return Err(err(
+                "acme.eab_hmac_key_env",
+                "eab_kid is set; name the environment variable holding its HMAC key".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "acme.eab_kid",
+                "eab_hmac_key_env is set; the key id is needed too".into(),
+            ))
+        }
+    };
+    Ok(crate::acme::AcmeSettings {
+        directory: a.directory.clone(),
+        contact: a.contact.clone(),
+        root_pem: a
+            .root_pem
+            .as_ref()
+            .map(|p| path.parent().unwrap_or(Path::new(".")).join(p)),
+        propagation: Duration::from_millis(a.propagation_ms.unwrap_or(2_000)),
+        renew_fraction: fraction,
+        renew_after: a.renew_after_secs.map(Duration::from_secs),
+        certificates,
+        dns01,
+        profile: a.profile.as_ref().map(|p| p.trim().to_string()),
+        eab,
+        route53,
+    })
 }
 
 fn gossip_config(

@@ -416,7 +416,70 @@ fn acme_section_and_its_errors() {
             "directory = \"https://ca.test\"\nrenew_fraction = 1.5",
             "acme.renew_fraction",
         ),
+        (
+            "directory = \"https://ca.test\"\nchallenge = \"tls-alpn-01\"",
+            "acme.challenge",
+        ),
+        // DNS-01 and wildcards need the Route53 solver.
+        (
+            "directory = \"https://ca.test\"\nchallenge = \"dns-01\"",
+            "acme.challenge",
+        ),
+        (
+            "directory = \"https://ca.test\"\ncertificates = [[\"*.example.com\"]]",
+            "acme.certificates",
+        ),
+        (
+            "directory = \"https://ca.test\"\n[acme.route53]\nhosted_zone_id = \" \"",
+            "acme.route53.hosted_zone_id",
+        ),
+        (
+            "directory = \"https://ca.test\"\nprofile = \"\"",
+            "acme.profile",
+        ),
+        (
+            "directory = \"https://ca.test\"\neab_kid = \"kid\"",
+            "acme.eab_hmac_key_env",
+        ),
+        (
+            "directory = \"https://ca.test\"\neab_hmac_key_env = \"EAB\"",
+            "acme.eab_kid",
+        ),
+        // The variable is not set.
+        (
+            "directory = \"https://ca.test\"\neab_kid = \"kid\"\neab_hmac_key_env = \"EAB\"",
+            "acme.eab_hmac_key_env",
+        ),
     ] {
         assert_eq!(error_of(&with(bad)).key.as_deref(), Some(key), "{bad}");
     }
+}
+
+#[test]
+fn acme_dns01_profile_and_external_account_binding() {
+    let src = GOOD.replace(
+        "[pools.files]\nendpoints = []",
+        "[pools.files]\nendpoints = []\n[acme]\ndirectory = \"https://ca.test/dir\"\n\
+         challenge = \"dns-01\"\nprofile = \"shortlived\"\ncertificates = [[\"*.Example.com\", \"example.com\"]]\n\
+         eab_kid = \"kid-1\"\neab_hmac_key_env = \"EAB_KEY\"\n\
+         [acme.route53]\nhosted_zone_id = \"/hostedzone/Z0123\"\n",
+    );
+    let env = |k: &str| (k == "EAB_KEY").then(|| "a2V5LWJ5dGVz".to_string());
+    let a = parse(Path::new("edge.toml"), &src, &env)
+        .unwrap()
+        .acme
+        .unwrap();
+    assert!(a.dns01);
+    assert_eq!(a.profile.as_deref(), Some("shortlived"));
+    assert_eq!(a.eab, Some(("kid-1".to_string(), b"key-bytes".to_vec())));
+    assert_eq!(a.route53, Some(("Z0123".to_string(), None)));
+    assert_eq!(
+        a.certificates,
+        vec![vec!["*.example.com".to_string(), "example.com".into()]]
+    );
+    // A key that is not base64url is named with its variable.
+    let bad = |k: &str| (k == "EAB_KEY").then(|| "not base64!".to_string());
+    let e = parse(Path::new("edge.toml"), &src, &bad).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("acme.eab_hmac_key_env"));
+    assert!(e.to_string().contains("EAB_KEY"), "{e}");
 }

@@ -1,12 +1,11 @@
 //! The ECS and EC2 calls the poller makes, behind a trait, and their AWS SDK implementation.
-//! Every call the code makes is in [`CALLS`] (the IAM policy is checked against it).
+//! Every call the code makes is in [`CALLS`], for the IAM policy the deployment grants.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_smithy_http_client::tls;
 
 use super::model::{ContainerInfo, NetworkMode, TaskDefInfo, TaskInfo};
 
@@ -74,24 +73,7 @@ impl SdkApi {
     /// Clients from the standard chain (environment, profile, container and instance
     /// credentials; `AWS_ENDPOINT_URL` honoured), TLS by rustls with ring.
     pub async fn new(cluster: &str, region: Option<&str>, call_timeout: Duration) -> SdkApi {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(call_timeout)
-            // Room for three attempts and the SDK's back-off between them.
-            .operation_timeout(call_timeout * 3 + Duration::from_secs(5))
-            .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(timeouts);
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r.to_string()));
-        }
-        let conf = loader.load().await;
+        let conf = crate::aws::sdk_config(region, call_timeout).await;
         SdkApi {
             ecs: aws_sdk_ecs::Client::new(&conf),
             ec2: aws_sdk_ec2::Client::new(&conf),
@@ -100,17 +82,13 @@ impl SdkApi {
     }
 }
 
-type SdkError<E> = aws_smithy_runtime_api::client::result::SdkError<
-    E,
-    aws_smithy_runtime_api::client::orchestrator::HttpResponse,
->;
+use crate::aws::SdkError;
 
 fn classify<E>(call: &'static str, e: SdkError<E>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let code = e.code().unwrap_or_default().to_string();
-    let status = e.raw_response().map(|r| r.status().as_u16());
+    let (code, status, message) = crate::aws::describe(&e);
     let kind = match &e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Unavailable,
         _ if code.contains("Throttl") || code == "RequestLimitExceeded" || status == Some(429) => {
@@ -124,17 +102,6 @@ where
         }
         _ if status.is_some_and(|s| s >= 500) => ErrorKind::Unavailable,
         _ => ErrorKind::Other,
-    };
-    let message = match (code.as_str(), e.message()) {
-        ("", _) => format!(
-            "{}",
-            aws_smithy_types::error::display::DisplayErrorContext(&e)
-        ),
-        (c, Some(m)) => format!("{c}: {m}"),
-        (c, None) => match status {
-            Some(s) => format!("{c} (HTTP {s})"),
-            None => c.to_string(),
-        },
     };
     ApiError {
         call,

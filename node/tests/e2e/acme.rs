@@ -66,9 +66,13 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
     let leader = wait_a_leader(&nodes).await;
     let (validator_id, validated) = nodes.iter().find(|(id, _)| *id != leader).unwrap();
     // Validations go through a forwarder (the DNS record of a real mesh), so the test can
-    // send them elsewhere when it kills the node they reach.
-    let (forward_port, target) = forwarder(validated.addr("http")).await;
-    let pebble = Pebble::start(forward_port, &[]);
+    // send them elsewhere when it kills the node they reach. It starts pointed at nothing:
+    // the first validation fails. pebble also rejects 15% of nonces throughout.
+    let nowhere: std::net::SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+        .parse()
+        .unwrap();
+    let (forward_port, target) = forwarder(nowhere).await;
+    let pebble = Pebble::start(forward_port, &[("PEBBLE_WFE_NONCEREJECT", "15")]);
     eprintln!("leader {leader}; pebble validates through {validator_id}");
     let validated_dir = validated.dir.path().to_path_buf();
 
@@ -102,6 +106,20 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         let (code, body) = n.reload().await;
         assert_eq!(code, 200, "{body}");
     }
+    // The failed validation is reported on every node (the leader replicates its status),
+    // with its back-off; then validations reach a node that is not the leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        let s = validated.status().await;
+        if let Some(e) = s["acme_orders"]["shop.edge.test"]["last_error"].as_str() {
+            assert_eq!(s["acme_orders"]["shop.edge.test"]["next_by"], "back-off");
+            break e.to_string();
+        }
+        assert!(Instant::now() < deadline, "no failed order reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains("validation"), "{error}");
+    *target.lock().unwrap() = validated.addr("http");
     for (id, n) in &nodes {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !serves(n, "shop.edge.test", &issuer_root).await {
@@ -126,12 +144,36 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         "every node served pebble's certificate {:?} after ACME was configured",
         start.elapsed()
     );
-    let leader_log = &nodes.iter().find(|(id, _)| *id == leader).unwrap().1.log();
+    let count = |what: &str| -> usize {
+        nodes
+            .iter()
+            .map(|(_, n)| n.log().matches(what).count())
+            .sum()
+    };
     assert_eq!(
-        leader_log.matches("ACME order starts").count(),
-        1,
-        "one order"
+        (count("ACME order starts"), count("ACME order failed")),
+        (2, 1),
+        "one failed order, then one that issued"
     );
+    // Every node holds it, as any node's `meshctl certs` shows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = harness::run(
+            env!("CARGO_BIN_EXE_meshctl"),
+            &["--addr", &validated.admin(), "certs"],
+        );
+        let row = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("shop.edge.test"))
+            .unwrap_or_default()
+            .to_string();
+        if row.contains("3/3 a0,a1,a2") {
+            assert!(row.contains("Pebble Intermediate"), "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not held by every node: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let validator_log = std::fs::read_to_string(validated_dir.join("edgemesh.log")).unwrap();
     assert!(
         !validator_log.contains("ACME order starts"),
@@ -155,7 +197,7 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
         .iter()
         .map(|(_, n)| n.log().matches("ACME order starts").count())
         .sum();
-    assert_eq!(orders, 1, "a whole-cluster restart placed a new order");
+    assert_eq!(orders, 2, "a whole-cluster restart placed a new order");
     let accounts: usize = nodes
         .iter()
         .map(|(_, n)| n.log().matches("ACME account created").count())
@@ -390,12 +432,19 @@ async fn a_due_certificate_is_renewed_once_while_https_traffic_flows() {
     );
     let (code, out, _) = harness::run(
         env!("CARGO_BIN_EXE_meshctl"),
-        &["--addr", &node.admin(), "status"],
+        &["--addr", &node.admin(), "certs"],
     );
     assert_eq!(code, 0);
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("renew.edge.test"))
+        .unwrap_or_else(|| panic!("{out}"));
+    // Issuer, holders, the last attempt and the next renewal by the lifetime rule.
     assert!(
-        out.contains("acme: renew.edge.test: last order issued"),
-        "{out}"
+        row.contains("Pebble Intermediate")
+            && row.contains("1/1 local")
+            && row.contains("(lifetime)"),
+        "{row}"
     );
     let metrics = harness::http_get(&node.admin(), "/metrics")
         .await
@@ -404,7 +453,17 @@ async fn a_due_certificate_is_renewed_once_while_https_traffic_flows() {
     assert!(
         metrics.contains(&format!(
             "edgemesh_acme_orders_total{{result=\"issued\"}} {placed}"
-        )),
+        )) && metrics.contains(&format!("edgemesh_acme_orders_started_total {started}")),
         "{metrics}"
     );
+    let days = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "edgemesh_certificate_days_left{name=\"renew.edge.test\",source=\"acme\"}",
+            )
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let days: i64 = days.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(days > 30, "pebble's certificates last years: {days}");
 }

@@ -199,6 +199,7 @@ impl FaultProxy {
 pub struct Aws {
     pub ecs: aws_sdk_ecs::Client,
     pub ec2: aws_sdk_ec2::Client,
+    pub route53: aws_sdk_route53::Client,
     /// The container instance's address (each test its own, so tests run side by side).
     host: String,
 }
@@ -222,6 +223,7 @@ impl Aws {
         Aws {
             ecs: aws_sdk_ecs::Client::new(&conf),
             ec2: aws_sdk_ec2::Client::new(&conf),
+            route53: aws_sdk_route53::Client::new(&conf),
             host: host.to_string(),
         }
     }

@@ -30,6 +30,7 @@ bootstrap_expect = 3
 }
 
 mod acme;
+mod acme_dns;
 mod dns;
 mod ecs;
 mod harness;
