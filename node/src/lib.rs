@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dns;
 pub mod ecs;
+pub mod entrypoint;
 pub mod local_ca;
 pub mod logging;
 pub mod projection;
