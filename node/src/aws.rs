@@ -42,6 +42,11 @@ where
     let code = e.code().unwrap_or_default().to_string();
     let status = e.raw_response().map(|r| r.status().as_u16());
     let message = match (code.as_str(), e.message()) {
+        // An answer whose error body does not parse (a proxy's, a load balancer's).
+        ("", _) if status.is_some() => format!(
+            "HTTP {} with an error body that does not parse",
+            status.unwrap_or_default()
+        ),
         ("", _) => format!(
             "{}",
             aws_smithy_types::error::display::DisplayErrorContext(e)

@@ -95,6 +95,7 @@ pub struct Daemon {
     /// ACME orders placed by this node, by result, and the last outcome per host.
     acme_orders: Family<ResultLabel, Counter>,
     acme_started: Counter,
+    dns_writes: Family<ResultLabel, Counter>,
     held_sent: std::sync::atomic::AtomicBool,
     cert_days_left: Family<CertLabel, prometheus_client::metrics::gauge::Gauge>,
     /// The ACME account credentials as last seen (state or disk).
@@ -338,6 +339,12 @@ impl Daemon {
             "ACME orders this node placed as leader, by result (issued, failed, rate_limited)",
             acme_orders.clone(),
         );
+        let dns_writes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "edgemesh_dns_writes",
+            "Entrypoint record writes this node made as leader, by result (ok, failed)",
+            dns_writes.clone(),
+        );
         let acme_started = Counter::default();
         registry.register(
             "edgemesh_acme_orders_started",
@@ -367,6 +374,7 @@ impl Daemon {
             acme_certs: Mutex::new(acme_certs),
             acme_orders,
             acme_started,
+            dns_writes,
             held_sent: Default::default(),
             cert_days_left,
             acme_account: Mutex::new(
@@ -852,6 +860,15 @@ impl Daemon {
                 })
                 .collect();
             v["acme_orders"] = serde_json::to_value(orders).unwrap_or_default();
+            v["entrypoint"] = state
+                .leader_entries(crate::entrypoint::STATUS_KEY)
+                .find(|(k, _)| *k == crate::entrypoint::STATUS_KEY)
+                .and_then(|(_, b)| {
+                    crate::ecs::model::decode::<Vec<crate::entrypoint::RecordReport>>(b)
+                })
+                .map_or(serde_json::Value::Null, |r| {
+                    serde_json::to_value(r).unwrap_or_default()
+                });
             v["acme_held"] = serde_json::to_value(held).unwrap_or_default();
         }
         v["ecs"] = self
@@ -937,6 +954,7 @@ impl Daemon {
         self.start_ecs().await;
         let dns_task = tokio::spawn(self.clone().run_dns());
         let acme_task = tokio::spawn(crate::acme::run(self.clone()));
+        let entrypoint_task = tokio::spawn(crate::entrypoint::run(self.clone()));
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -998,6 +1016,7 @@ impl Daemon {
         admin_task.abort();
         dns_task.abort();
         acme_task.abort();
+        entrypoint_task.abort();
         Ok(())
     }
 }
@@ -1062,6 +1081,32 @@ impl crate::ecs::Publisher for Daemon {
             |mesh| mesh.publish_as_leader(key, value.take()),
             |state, now| state.set_as_leader(key, value.take(), 1, now).map(drop),
         )
+    }
+}
+
+impl crate::entrypoint::EntrypointHost for Daemon {
+    async fn entrypoint(&self) -> Option<crate::entrypoint::EntrypointSettings> {
+        self.current.lock().await.0.entrypoint.clone()
+    }
+
+    fn serving_addresses(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        let Some(m) = self.mesh_status() else {
+            return Default::default();
+        };
+        std::iter::once(&m.me)
+            .chain(&m.members)
+            .filter(|s| !s.meta.as_ref().is_some_and(|meta| meta.draining))
+            .filter_map(|s| s.public.or(s.meta.as_ref().and_then(|meta| meta.public)))
+            .collect()
+    }
+
+    fn node_id(&self) -> String {
+        self.mesh_status().map_or("local".into(), |m| m.me.id)
+    }
+
+    fn dns_written(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.dns_writes.get_or_create(&ResultLabel { result }).inc();
     }
 }
 

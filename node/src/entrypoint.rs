@@ -7,10 +7,46 @@
 //! Rules: the full set is written (UPSERT, idempotent); never an empty set (the last node
 //! stays); changes are debounced; failures back off exponentially.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::ecs::Publisher;
+
+/// One record set to keep: zone, name and TTL. Both its A and AAAA sets are kept (each only
+/// once a member of that family exists).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RecordSpec {
+    pub zone: String,
+    pub name: String,
+    pub ttl: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrypointSettings {
+    pub records: Vec<RecordSpec>,
+    pub timings: Timings,
+    /// Route53's API region.
+    pub region: Option<String>,
+}
+
+/// The leader's reconciliation report, replicated so `meshctl dns` shows it on every node.
+pub const STATUS_KEY: &str = "dns/entrypoint";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordReport {
+    pub zone: String,
+    pub name: String,
+    /// "A" or "AAAA".
+    pub rtype: String,
+    pub ttl: u32,
+    pub leader: String,
+    pub status: RecordStatus,
+}
 
 /// Timings, milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +81,7 @@ pub enum Action {
 }
 
 /// One record set's reconciliation, for `meshctl dns` and metrics.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecordStatus {
     /// The addresses of live, non-draining members of this family.
     pub desired: BTreeSet<IpAddr>,
@@ -166,6 +202,145 @@ impl Reconciler {
             .saturating_mul(1 << (self.status.failures - 1).min(16))
             .min(self.timings.backoff_max_ms);
         self.retry_at = now + wait;
+    }
+}
+
+/// What the driver needs from the daemon.
+pub trait EntrypointHost: Publisher {
+    fn entrypoint(&self) -> impl std::future::Future<Output = Option<EntrypointSettings>> + Send;
+    /// Public addresses of the live members, this node included, that are not draining.
+    fn serving_addresses(&self) -> BTreeSet<IpAddr>;
+    /// This node's id in the mesh.
+    fn node_id(&self) -> String;
+    /// A write's outcome (metrics).
+    fn dns_written(&self, ok: bool);
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type Key = (RecordSpec, bool);
+
+/// Keeps the entrypoint records while this node is the acting leader, forever.
+pub async fn run<H: EntrypointHost + 'static>(host: Arc<H>) {
+    use aws_sdk_route53::types::{ChangeAction, RrType};
+    let mut reconcilers: BTreeMap<Key, Reconciler> = BTreeMap::new();
+    let mut clients: BTreeMap<(String, Option<String>), Arc<crate::route53::Route53>> =
+        BTreeMap::new();
+    let mut published: Option<Vec<RecordReport>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(settings) = host.entrypoint().await else {
+            reconcilers.clear();
+            continue;
+        };
+        let wanted: BTreeSet<Key> = settings
+            .records
+            .iter()
+            .flat_map(|r| [(r.clone(), false), (r.clone(), true)])
+            .collect();
+        reconcilers.retain(|k, _| wanted.contains(k));
+        for k in wanted {
+            reconcilers
+                .entry(k)
+                .or_insert_with(|| Reconciler::new(settings.timings));
+        }
+        let acting = host.acting();
+        let addresses = host.serving_addresses();
+        for ((spec, v6), r) in reconcilers.iter_mut() {
+            let now = unix_ms();
+            r.members(
+                now,
+                addresses
+                    .iter()
+                    .filter(|a| a.is_ipv6() == *v6)
+                    .copied()
+                    .collect(),
+            );
+            if !acting {
+                r.forget();
+                continue;
+            }
+            let Some(action) = r.poll(now, acting) else {
+                continue;
+            };
+            let key = (spec.zone.clone(), settings.region.clone());
+            let client = match clients.get(&key) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(
+                        crate::route53::Route53::new(&spec.zone, settings.region.as_deref()).await,
+                    );
+                    clients.insert(key, c.clone());
+                    c
+                }
+            };
+            let rtype = if *v6 { RrType::Aaaa } else { RrType::A };
+            match action {
+                Action::Read => {
+                    let result = client.values(&spec.name, rtype).await.map(|v| {
+                        v.iter()
+                            .filter_map(|a| a.parse().ok())
+                            .collect::<BTreeSet<IpAddr>>()
+                    });
+                    if let Err(e) = &result {
+                        warn!(record = %spec.name, error = %e, "entrypoint record not read");
+                    }
+                    r.read(unix_ms(), result);
+                }
+                Action::Write(set) => {
+                    let values: Vec<String> = set.iter().map(IpAddr::to_string).collect();
+                    let result = client
+                        .change(
+                            ChangeAction::Upsert,
+                            &spec.name,
+                            rtype,
+                            i64::from(spec.ttl),
+                            &values,
+                        )
+                        .await;
+                    host.dns_written(result.is_ok());
+                    match &result {
+                        Ok(()) => {
+                            info!(record = %spec.name, addresses = ?values, "entrypoint record written")
+                        }
+                        Err(e) => {
+                            warn!(record = %spec.name, error = %e, "entrypoint record not written; the last one stays")
+                        }
+                    }
+                    r.wrote(unix_ms(), set, result);
+                }
+            }
+        }
+        if acting {
+            let me = host.node_id();
+            let report: Vec<RecordReport> = reconcilers
+                .iter()
+                .filter(|(_, r)| !r.status().desired.is_empty() || r.status().current.is_some())
+                .map(|((spec, v6), r)| RecordReport {
+                    zone: spec.zone.clone(),
+                    name: spec.name.clone(),
+                    rtype: if *v6 { "AAAA" } else { "A" }.into(),
+                    ttl: spec.ttl,
+                    leader: me.clone(),
+                    status: r.status().clone(),
+                })
+                .collect();
+            if published.as_ref() != Some(&report)
+                && host
+                    .publish(STATUS_KEY, crate::ecs::model::encode(&report))
+                    .is_ok()
+            {
+                published = Some(report);
+            }
+        } else {
+            published = None;
+        }
     }
 }
 

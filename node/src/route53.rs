@@ -1,6 +1,7 @@
 //! Route53 for the node: the DNS-01 solver of the `acme` crate (TXT records under
-//! `_acme-challenge.`), written as UPSERT/DELETE change batches, each waited on until
-//! Route53 reports it INSYNC (served by every authoritative server).
+//! `_acme-challenge.`) and the entrypoint's A/AAAA records, written as UPSERT/DELETE change
+//! batches, each waited on until Route53 reports it INSYNC (served by every authoritative
+//! server).
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,8 @@ use aws_sdk_route53::types::{
 use edgemesh_acme::DnsSolver;
 use tracing::{info, warn};
 
-/// Every Route53 call the DNS-01 solver makes, as IAM action names, for the IAM policy the
-/// deployment grants.
+/// Every Route53 call the node makes (DNS-01 solver, entrypoint records), as IAM action names,
+/// for the IAM policy the deployment grants.
 pub const CALLS: &[&str] = &[
     "route53:ChangeResourceRecordSets",
     "route53:GetChange",
@@ -48,15 +49,16 @@ impl Route53 {
         format!("Route53 {call} in hosted zone {}: {message}", self.zone)
     }
 
-    /// The values of the TXT record `name` (unquoted), empty when there is none.
-    pub async fn txt_values(&self, name: &str) -> Result<Vec<String>, String> {
+    /// The values of record `name` of type `rtype` (TXT values unquoted), empty when there
+    /// is none.
+    pub async fn values(&self, name: &str, rtype: RrType) -> Result<Vec<String>, String> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let out = self
             .client
             .list_resource_record_sets()
             .hosted_zone_id(&self.zone)
             .start_record_name(&fqdn)
-            .start_record_type(RrType::Txt)
+            .start_record_type(rtype.clone())
             .max_items(1)
             .send()
             .await
@@ -64,36 +66,32 @@ impl Route53 {
         Ok(out
             .resource_record_sets()
             .iter()
-            .filter(|r| r.name().eq_ignore_ascii_case(&fqdn) && *r.r#type() == RrType::Txt)
+            .filter(|r| r.name().eq_ignore_ascii_case(&fqdn) && *r.r#type() == rtype)
             .flat_map(|r| r.resource_records())
             .map(|v| v.value().trim_matches('"').to_string())
             .collect())
     }
 
-    /// Sets the TXT record `name` to `values` (deletes it when empty, given what it held),
-    /// and waits until the change is INSYNC.
-    async fn set_txt(
+    /// Writes record `name` of type `rtype` as exactly `values` (UPSERT), or deletes it
+    /// (`Delete`, with the values it holds), and waits until the change is INSYNC.
+    pub async fn change(
         &self,
+        action: ChangeAction,
         name: &str,
-        before: &[String],
+        rtype: RrType,
+        ttl: i64,
         values: &[String],
     ) -> Result<(), String> {
-        let (action, values) = if values.is_empty() {
-            (ChangeAction::Delete, before)
-        } else {
-            (ChangeAction::Upsert, values)
-        };
-        if values.is_empty() {
-            return Ok(());
-        }
+        let quote = rtype == RrType::Txt;
         let mut set = ResourceRecordSet::builder()
             .name(format!("{}.", name.trim_end_matches('.')))
-            .r#type(RrType::Txt)
-            .ttl(TXT_TTL);
+            .r#type(rtype)
+            .ttl(ttl);
         for v in values {
+            let value = if quote { format!("\"{v}\"") } else { v.clone() };
             set = set.resource_records(
                 ResourceRecord::builder()
-                    .value(format!("\"{v}\""))
+                    .value(value)
                     .build()
                     .map_err(|e| e.to_string())?,
             );
@@ -109,7 +107,7 @@ impl Route53 {
             .hosted_zone_id(&self.zone)
             .change_batch(
                 ChangeBatch::builder()
-                    .comment("edgemesh ACME DNS-01")
+                    .comment("edgemesh")
                     .changes(change)
                     .build()
                     .map_err(|e| e.to_string())?,
@@ -146,12 +144,32 @@ impl Route53 {
         }
         Ok(())
     }
+
+    /// Sets the TXT record `name` to `values`; deletes it (given what it held) when empty.
+    async fn set_txt(
+        &self,
+        name: &str,
+        before: &[String],
+        values: &[String],
+    ) -> Result<(), String> {
+        match (values.is_empty(), before.is_empty()) {
+            (false, _) => {
+                self.change(ChangeAction::Upsert, name, RrType::Txt, TXT_TTL, values)
+                    .await
+            }
+            (true, false) => {
+                self.change(ChangeAction::Delete, name, RrType::Txt, TXT_TTL, before)
+                    .await
+            }
+            (true, true) => Ok(()),
+        }
+    }
 }
 
 impl DnsSolver for Route53 {
     async fn present(&self, name: &str, value: &str) -> Result<(), String> {
         // Read, add, write: a wildcard and its base domain put two values at one name.
-        let before = self.txt_values(name).await?;
+        let before = self.values(name, RrType::Txt).await?;
         let mut values = before.clone();
         if !values.iter().any(|v| v == value) {
             values.push(value.to_string());
@@ -163,7 +181,7 @@ impl DnsSolver for Route53 {
 
     async fn cleanup(&self, name: &str, value: &str) {
         let result = async {
-            let before = self.txt_values(name).await?;
+            let before = self.values(name, RrType::Txt).await?;
             let values: Vec<String> = before.iter().filter(|v| *v != value).cloned().collect();
             if values.len() == before.len() {
                 return Ok(());

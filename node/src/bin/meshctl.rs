@@ -61,6 +61,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The DNS entrypoint: each record set, the addresses it should hold (live, non-draining
+    /// members), what it holds, the last write and the last error, as the leader reported.
+    Dns {
+        /// Print the node's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// ECS topology: the leader's last poll (errors, API calls per minute), what each ECS pool
     /// selects, and every service's tasks and endpoints.
     Topology {
@@ -98,6 +105,30 @@ struct Status {
     /// Node -> certificate (first name) -> notAfter of what that node serves.
     #[serde(default)]
     acme_held: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+    /// The leader's entrypoint report (node's `entrypoint::RecordReport`).
+    #[serde(default)]
+    entrypoint: Option<Vec<RecordReport>>,
+}
+
+#[derive(Deserialize)]
+struct RecordReport {
+    zone: String,
+    name: String,
+    rtype: String,
+    ttl: u32,
+    leader: String,
+    status: RecordStatus,
+}
+
+#[derive(Deserialize)]
+struct RecordStatus {
+    desired: Vec<String>,
+    current: Option<Vec<String>>,
+    writes_ok: u64,
+    writes_failed: u64,
+    last_write_ms: Option<u64>,
+    last_error: Option<String>,
+    failures: u32,
 }
 
 /// The node's `acme::OrderStatus`.
@@ -209,6 +240,58 @@ fn utc(secs: i64) -> String {
         t.hour(),
         t.minute()
     )
+}
+
+fn print_dns(s: &Status) {
+    let Some(records) = &s.entrypoint else {
+        println!(
+            "no entrypoint report: [entrypoint] is not configured, or no leader has written yet"
+        );
+        return;
+    };
+    if let Some(r) = records.first() {
+        println!("reported by leader {}", r.leader);
+    }
+    table(
+        &[
+            "NAME",
+            "TYPE",
+            "ZONE",
+            "TTL",
+            "SHOULD-HOLD",
+            "HOLDS",
+            "LAST-WRITE",
+            "WRITES",
+            "LAST-ERROR",
+        ],
+        records
+            .iter()
+            .map(|r| {
+                let st = &r.status;
+                let holds = st
+                    .current
+                    .as_ref()
+                    .map_or("unknown".into(), |c| c.join(","));
+                vec![
+                    r.name.clone(),
+                    r.rtype.clone(),
+                    r.zone.clone(),
+                    r.ttl.to_string(),
+                    st.desired.join(","),
+                    if st.current.as_ref() == Some(&st.desired) {
+                        format!("{holds} (in sync)")
+                    } else {
+                        holds
+                    },
+                    st.last_write_ms.map_or("never".into(), ago),
+                    format!("{} ok, {} failed", st.writes_ok, st.writes_failed),
+                    st.last_error
+                        .as_ref()
+                        .map_or("-".into(), |e| format!("{e} ({} in a row)", st.failures)),
+                ]
+            })
+            .collect(),
+    );
 }
 
 fn print_certs(s: &Status) {
@@ -573,6 +656,18 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             let status: Status = serde_json::from_str(&body)
                 .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
             print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dns { json } => {
+            let body = request(&cli.addr, "GET", "/status").await?.1;
+            let status: Status = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
+            if *json {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                println!("{}", v["entrypoint"]);
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_dns(&status);
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs { json } => {

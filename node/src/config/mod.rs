@@ -64,6 +64,29 @@ struct RawConfig {
     ecs: Option<RawEcs>,
     dns: Option<RawDns>,
     acme: Option<RawAcme>,
+    entrypoint: Option<RawEntrypoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntrypoint {
+    /// Record sets the acting leader keeps equal to the live, non-draining members' public
+    /// addresses (A for IPv4, AAAA for IPv6).
+    records: Vec<RawEntrypointRecord>,
+    /// A membership change is written once the view has been stable this long.
+    debounce_ms: Option<u64>,
+    /// The records are read back this often, and repaired if they differ.
+    check_secs: Option<u64>,
+    /// Route53's API region (default us-east-1).
+    region: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntrypointRecord {
+    hosted_zone_id: String,
+    name: String,
+    ttl: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +323,8 @@ pub struct Config {
     pub dns_servers: Vec<SocketAddr>,
     /// ACME issuance for the route hosts, when `[acme]` is present.
     pub acme: Option<crate::acme::AcmeSettings>,
+    /// The DNS entrypoint records, when `[entrypoint]` is present.
+    pub entrypoint: Option<crate::entrypoint::EntrypointSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -628,6 +653,10 @@ pub fn parse(
         None => None,
         Some(a) => Some(acme_settings(a, path, &err, env)?),
     };
+    let entrypoint = match &raw.entrypoint {
+        None => None,
+        Some(e) => Some(entrypoint_settings(e, &err)?),
+    };
     let dns_servers = raw
         .dns
         .as_ref()
@@ -667,6 +696,7 @@ pub fn parse(
         dns_targets,
         dns_servers,
         acme,
+        entrypoint,
     })
 }
 
@@ -724,6 +754,59 @@ fn ecs_settings(
                 .clamp(100, 120_000),
         ),
     }))
+}
+
+fn entrypoint_settings(
+    e: &RawEntrypoint,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::entrypoint::EntrypointSettings, ConfigError> {
+    if e.records.is_empty() {
+        return Err(err("entrypoint.records", "names no record".into()));
+    }
+    let mut records = Vec::new();
+    for (i, r) in e.records.iter().enumerate() {
+        let zone = r.hosted_zone_id.trim().trim_start_matches("/hostedzone/");
+        if zone.is_empty() {
+            return Err(err(
+                &format!("entrypoint.records[{i}].hosted_zone_id"),
+                "is empty".into(),
+            ));
+        }
+        let name = check_host(&r.name)
+            .ok()
+            .filter(|n| !n.starts_with('*'))
+            .ok_or_else(|| {
+                err(
+                    &format!("entrypoint.records[{i}].name"),
+                    format!("{:?} is not a DNS name", r.name),
+                )
+            })?;
+        let ttl = r.ttl.unwrap_or(60);
+        if !(1..=86_400).contains(&ttl) {
+            return Err(err(
+                &format!("entrypoint.records[{i}].ttl"),
+                format!("{ttl} is outside 1..=86400 seconds"),
+            ));
+        }
+        records.push(crate::entrypoint::RecordSpec {
+            zone: zone.to_string(),
+            name,
+            ttl,
+        });
+    }
+    let check_secs = e.check_secs.unwrap_or(60);
+    if check_secs == 0 {
+        return Err(err("entrypoint.check_secs", "must be at least 1".into()));
+    }
+    Ok(crate::entrypoint::EntrypointSettings {
+        records,
+        timings: crate::entrypoint::Timings {
+            debounce_ms: e.debounce_ms.unwrap_or(1_000),
+            check_ms: check_secs * 1000,
+            ..Default::default()
+        },
+        region: e.region.clone(),
+    })
 }
 
 fn acme_settings(

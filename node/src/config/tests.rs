@@ -483,3 +483,46 @@ fn acme_dns01_profile_and_external_account_binding() {
     assert_eq!(e.key.as_deref(), Some("acme.eab_hmac_key_env"));
     assert!(e.to_string().contains("EAB_KEY"), "{e}");
 }
+
+#[test]
+fn entrypoint_section_and_its_errors() {
+    let with = |e: &str| {
+        GOOD.replace(
+            "[pools.files]\nendpoints = []",
+            &format!("[pools.files]\nendpoints = []\n{e}"),
+        )
+    };
+    let c = parse_str(&with(
+        "[entrypoint]\ncheck_secs = 5\n[[entrypoint.records]]\nhosted_zone_id = \"/hostedzone/Z1\"\nname = \"Edge.Example.com\"\n",
+    ))
+    .unwrap();
+    let e = c.entrypoint.unwrap();
+    assert_eq!(e.records[0].zone, "Z1");
+    assert_eq!(e.records[0].name, "edge.example.com");
+    assert_eq!(e.records[0].ttl, 60);
+    assert_eq!(e.timings.check_ms, 5_000);
+    let record = |extra: &str| {
+        with(&format!(
+            "[entrypoint]\n[[entrypoint.records]]\nhosted_zone_id = \"Z1\"\n{extra}"
+        ))
+    };
+    for (src, key) in [
+        (with("[entrypoint]\nrecords = []"), "entrypoint.records"),
+        (record("name = \"*.example.com\""), "entrypoint.records[0].name"),
+        (record("name = \"a b\""), "entrypoint.records[0].name"),
+        (
+            record("name = \"edge.example.com\"\nttl = 0"),
+            "entrypoint.records[0].ttl",
+        ),
+        (
+            with("[entrypoint]\ncheck_secs = 0\n[[entrypoint.records]]\nhosted_zone_id = \"Z1\"\nname = \"e.example.com\""),
+            "entrypoint.check_secs",
+        ),
+        (
+            with("[entrypoint]\n[[entrypoint.records]]\nhosted_zone_id = \"\"\nname = \"e.example.com\""),
+            "entrypoint.records[0].hosted_zone_id",
+        ),
+    ] {
+        assert_eq!(error_of(&src).key.as_deref(), Some(key), "{src}");
+    }
+}

@@ -33,6 +33,7 @@ mod acme;
 mod acme_dns;
 mod dns;
 mod ecs;
+mod entrypoint;
 mod harness;
 mod http;
 mod lifecycle;
