@@ -49,6 +49,10 @@ pub fn meta_key(id: &str) -> String {
     format!("node/{id}")
 }
 
+fn encode_meta(meta: &NodeMeta) -> Vec<u8> {
+    bincode::serde::encode_to_vec(meta, bincode::config::standard()).unwrap_or_default()
+}
+
 pub struct MeshConfig {
     /// `me.sync_port` is bound for QUIC sync on `bind`'s IP.
     pub me: NodeIdentity,
@@ -137,6 +141,8 @@ struct Shared {
     members: Mutex<BTreeMap<SocketAddr, (NodeIdentity, Instant)>>,
     me: NodeIdentity,
     started: Instant,
+    /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
+    meta: Mutex<NodeMeta>,
 }
 
 /// Where a node finds members to join through. Asked again at every join attempt, so a
@@ -189,6 +195,7 @@ impl Mesh {
             members: Mutex::new(BTreeMap::new()),
             me: cfg.me.clone(),
             started: Instant::now(),
+            meta: Mutex::new(cfg.meta.clone()),
         });
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -196,8 +203,6 @@ impl Mesh {
         let swim = Membership::with_state(cfg.me.clone(), &cfg.membership, seed, state);
         let (stop, stopped) = oneshot::channel();
         let (publish, to_publish) = tokio::sync::mpsc::unbounded_channel();
-        let meta = bincode::serde::encode_to_vec(&cfg.meta, bincode::config::standard())
-            .map_err(std::io::Error::other)?;
         let epoch = Instant::now();
         let mut election = Election::new(cfg.me.id.clone(), cfg.election, 0);
         election.seed(seed, 0);
@@ -211,7 +216,6 @@ impl Mesh {
             down_since: BTreeMap::new(),
             acting_term: None,
             view: (BTreeSet::new(), epoch),
-            meta,
             socket,
             keyring,
             sync_interval: cfg.sync_interval,
@@ -261,6 +265,17 @@ impl Mesh {
             .expect("state lock")
             .set(key, value, now);
         let _ = self.publish.send(update);
+    }
+
+    /// Marks this member draining (or serving again) in its `node/<id>` entry: the leader
+    /// then leaves it out of the DNS entrypoint.
+    pub fn set_draining(&self, draining: bool) {
+        let meta = {
+            let mut m = self.shared.meta.lock().expect("meta lock");
+            m.draining = draining;
+            encode_meta(&m)
+        };
+        self.publish_own(&meta_key(&self.shared.me.id), meta);
     }
 
     /// Deletes `key` as the acting leader (a tombstone in its term). Refused elsewhere.
@@ -385,8 +400,6 @@ struct Driver {
     view: (BTreeSet<String>, Instant),
     sync_interval: Duration,
     sync_round: usize,
-    /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
-    meta: Vec<u8>,
     socket: UdpSocket,
     keyring: Arc<Keyring>,
     swim: Membership,
@@ -750,12 +763,11 @@ impl Driver {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let key = meta_key(&self.shared.me.id);
-        let update =
-            self.shared
-                .state
-                .lock()
-                .expect("state lock")
-                .set(&key, self.meta.clone(), now);
+        let update = self.shared.state.lock().expect("state lock").set(
+            &key,
+            encode_meta(&self.shared.meta.lock().expect("meta lock")),
+            now,
+        );
         let fx = self.swim.publish(&update);
         Box::pin(self.effects(fx)).await;
     }

@@ -126,6 +126,18 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             d.metrics_text(),
         ),
+        (&Method::POST, "/drain") => {
+            d.request_drain("admin API", false).await;
+            (
+                StatusCode::OK,
+                "text/plain",
+                "draining: out of DNS once the leader updates it; still serving (undo: POST /drain/undo)\n".into(),
+            )
+        }
+        (&Method::POST, "/drain/undo") => match d.undo_drain() {
+            Ok(()) => (StatusCode::OK, "text/plain", "back in service\n".into()),
+            Err(e) => (StatusCode::CONFLICT, "text/plain", format!("{e}\n")),
+        },
         (&Method::POST, "/reload") => match d.reload("admin API").await {
             Ok(()) => (StatusCode::OK, "text/plain", "reloaded\n".into()),
             Err(e) => (
@@ -137,7 +149,7 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /healthz, /status, /members, /topology, /metrics, POST /reload or PUT /pools/<name>\n".into(),
+            "try /healthz, /status, /members, /topology, /metrics, POST /reload, POST /drain, POST /drain/undo or PUT /pools/<name>\n".into(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -95,6 +95,7 @@ pub struct Daemon {
     /// ACME orders placed by this node, by result, and the last outcome per host.
     acme_orders: Family<ResultLabel, Counter>,
     acme_started: Counter,
+    drain: Mutex<crate::drain::Drain>,
     dns_writes: Family<ResultLabel, Counter>,
     held_sent: std::sync::atomic::AtomicBool,
     cert_days_left: Family<CertLabel, prometheus_client::metrics::gauge::Gauge>,
@@ -208,6 +209,25 @@ async fn start_mesh(
 }
 
 /// Serving entries for the ACME certificates (ones that do not parse are skipped, logged).
+/// The drain budget and linger of `config`: linger = the longest entrypoint TTL plus the
+/// grace period, or nothing when there is no entrypoint (no DNS answer to outlive).
+fn drain_config(config: &Config) -> crate::drain::DrainConfig {
+    let budget_ms = config.drain_timeout.as_millis() as u64;
+    let linger_ms = config.entrypoint.as_ref().map_or(0, |e| {
+        e.records
+            .iter()
+            .map(|r| u64::from(r.ttl) * 1000)
+            .max()
+            .unwrap_or(0)
+            + config.drain_grace.as_millis() as u64
+    });
+    crate::drain::DrainConfig {
+        budget_ms,
+        linger_ms,
+        leave_ms: (budget_ms / 10).min(1_000),
+    }
+}
+
 fn acme_entries(
     certs: &BTreeMap<String, crate::acme::CertRecord>,
 ) -> Vec<edgemesh_proxy::CertEntry> {
@@ -221,6 +241,12 @@ fn acme_entries(
                 .ok()
         })
         .collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_now() -> u64 {
@@ -374,6 +400,7 @@ impl Daemon {
             acme_certs: Mutex::new(acme_certs),
             acme_orders,
             acme_started,
+            drain: Mutex::new(crate::drain::Drain::new(drain_config(&config))),
             dns_writes,
             held_sent: Default::default(),
             cert_days_left,
@@ -606,7 +633,7 @@ impl Daemon {
                 m.publish_own(&key, value)
             }
             None => {
-                let now = unix_now() * 1000;
+                let now = unix_ms();
                 let key = format!("{}local", crate::acme::HELD_PREFIX);
                 self.cluster_state
                     .lock()
@@ -838,6 +865,8 @@ impl Daemon {
             }
         }
         v["version"] = env!("CARGO_PKG_VERSION").into();
+        v["drain"] = serde_json::to_value(self.drain.lock().expect("drain lock").status())
+            .unwrap_or_default();
         {
             // Order status (the leader's) and which nodes hold which certificate (each node's).
             let state = self.cluster_state.lock().expect("state lock");
@@ -965,11 +994,32 @@ impl Daemon {
         let mut settling: Option<u64> = None;
         let mut projection = tokio::time::interval(Duration::from_millis(250));
         projection.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sig = loop {
+        let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The proxy's drain (stop accepting, finish in-flight work), once started.
+        let mut closing: Option<tokio::task::JoinHandle<usize>> = None;
+        loop {
             tokio::select! {
                 _ = projection.tick() => {
                     self.project_pools().await;
                     self.project_acme().await;
+                }
+                _ = drain_tick.tick() => {
+                    let idle = closing.as_ref().is_some_and(|c| c.is_finished());
+                    let entrypoint = self.current.lock().await.0.entrypoint.is_some();
+                    let out_of_dns = !entrypoint || self.out_of_dns();
+                    let (steps, left_dns) = {
+                        let mut d = self.drain.lock().expect("drain lock");
+                        let before = d.status().out_of_dns_at;
+                        let steps = d.tick(unix_ms(), out_of_dns, idle);
+                        (steps, before.is_none() && d.status().out_of_dns_at.is_some())
+                    };
+                    if left_dns {
+                        info!(entrypoint, "drain: out of the DNS entrypoint; lingering for its TTL and the grace period");
+                    }
+                    if self.drain_steps(steps, &mut closing).await {
+                        break;
+                    }
                 }
                 _ = hup.recv() => { let _ = self.reload("SIGHUP").await; }
                 _ = poll.tick() => {
@@ -989,29 +1039,18 @@ impl Daemon {
                         _ => settling = None,
                     }
                 }
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
+                _ = term.recv() => self.request_drain("SIGTERM", true).await,
+                _ = int.recv() => self.request_drain("SIGINT", true).await,
             }
-        };
-        let deadline = self.current.lock().await.0.drain_timeout;
-        info!(
-            signal = sig,
-            deadline_secs = deadline.as_secs(),
-            "draining: no new connections, finishing in-flight requests"
-        );
-        let left = self.proxy.drain(deadline).await;
-        if left > 0 {
-            warn!(
-                connections = left,
-                "drain deadline reached; closing remaining connections"
-            );
-        } else {
-            info!("drained; exiting");
         }
-        let mesh = self.mesh.lock().expect("mesh lock").take();
-        if let Some(mesh) = mesh {
-            mesh.leave().await;
-            info!("left the mesh");
+        if let Some(c) = closing {
+            match c.await {
+                Ok(0) | Err(_) => info!("drained; exiting"),
+                Ok(left) => warn!(
+                    connections = left,
+                    "drain deadline reached; closing remaining connections"
+                ),
+            }
         }
         admin_task.abort();
         dns_task.abort();
@@ -1022,6 +1061,108 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Starts a drain: `exit` (SIGTERM, SIGINT) runs it to the end and exits; otherwise the
+    /// node stays drained (out of DNS, still serving) until [`Daemon::undo_drain`].
+    pub async fn request_drain(&self, why: &str, exit: bool) {
+        let config = self.current.lock().await.0.clone();
+        let steps = {
+            let mut d = self.drain.lock().expect("drain lock");
+            if d.phase() == crate::drain::Phase::Serving {
+                *d = crate::drain::Drain::new(drain_config(&config));
+            }
+            d.request(unix_ms(), exit)
+        };
+        info!(
+            trigger = why,
+            exit,
+            budget_secs = config.drain_timeout.as_secs(),
+            "drain requested"
+        );
+        self.drain_steps(steps, &mut None).await;
+    }
+
+    pub fn undo_drain(&self) -> Result<(), &'static str> {
+        let steps = self.drain.lock().expect("drain lock").undo()?;
+        for s in steps {
+            if s == crate::drain::Step::Unannounce {
+                if let Some(m) = self.mesh.lock().expect("mesh lock").as_ref() {
+                    m.set_draining(false);
+                }
+                info!("drain undone: back in service");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the DNS entrypoint no longer names this node (true without a public address:
+    /// nothing to wait for).
+    fn out_of_dns(&self) -> bool {
+        let Some(me) = self
+            .mesh_status()
+            .and_then(|m| m.me.public.or(m.me.meta.and_then(|meta| meta.public)))
+        else {
+            return true;
+        };
+        let state = self.cluster_state.lock().expect("state lock");
+        let report = state
+            .leader_entries(crate::entrypoint::STATUS_KEY)
+            .find(|(k, _)| *k == crate::entrypoint::STATUS_KEY)
+            .and_then(|(_, b)| {
+                crate::ecs::model::decode::<Vec<crate::entrypoint::RecordReport>>(b)
+            });
+        match report {
+            None => false,
+            Some(r) => r.iter().all(|rec| {
+                rec.status
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| !c.contains(&me))
+            }),
+        }
+    }
+
+    /// Carries out drain steps; true once the node should exit.
+    async fn drain_steps(
+        &self,
+        steps: Vec<crate::drain::Step>,
+        closing: &mut Option<tokio::task::JoinHandle<usize>>,
+    ) -> bool {
+        use crate::drain::Step;
+        for step in steps {
+            match step {
+                Step::Announce => {
+                    if let Some(m) = self.mesh.lock().expect("mesh lock").as_ref() {
+                        m.set_draining(true);
+                    }
+                    info!("drain: marked draining; the leader takes this node out of DNS");
+                }
+                Step::Unannounce => {
+                    if let Some(m) = self.mesh.lock().expect("mesh lock").as_ref() {
+                        m.set_draining(false);
+                    }
+                }
+                Step::StopAccepting { finish_by } => {
+                    let left = Duration::from_millis(finish_by.saturating_sub(unix_ms()));
+                    info!(
+                        finish_within_ms = left.as_millis() as u64,
+                        "drain: no new connections, finishing in-flight requests and streams"
+                    );
+                    let proxy = self.proxy.clone();
+                    *closing = Some(tokio::spawn(async move { proxy.drain(left).await }));
+                }
+                Step::Leave => {
+                    let mesh = self.mesh.lock().expect("mesh lock").take();
+                    if let Some(mesh) = mesh {
+                        mesh.leave().await;
+                        info!("drain: left the mesh");
+                    }
+                }
+                Step::Exit => return true,
+            }
+        }
+        false
+    }
+
     /// A leader write through the mesh, or on a single node (its own leader, term 1) into
     /// its local state.
     fn leader_write(

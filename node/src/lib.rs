@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dns;
+pub mod drain;
 pub mod ecs;
 pub mod entrypoint;
 pub mod local_ca;

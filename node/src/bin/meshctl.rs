@@ -39,6 +39,13 @@ enum Command {
     },
     /// Ask the node to re-read its configuration file.
     Reload,
+    /// Take the node out of service: marked draining, the leader drops it from the DNS
+    /// entrypoint; it keeps serving what still arrives. SIGTERM then exits at once.
+    Drain {
+        /// Return a drained node to service.
+        #[arg(long)]
+        undo: bool,
+    },
     /// The mesh as this node sees it: members with their addresses, incarnation and age.
     Members {
         /// Print the node's JSON as it is.
@@ -108,6 +115,18 @@ struct Status {
     /// The leader's entrypoint report (node's `entrypoint::RecordReport`).
     #[serde(default)]
     entrypoint: Option<Vec<RecordReport>>,
+    #[serde(default)]
+    drain: Option<DrainStatus>,
+}
+
+/// The node's `drain::DrainStatus`.
+#[derive(Deserialize)]
+struct DrainStatus {
+    phase: String,
+    since: Option<u64>,
+    out_of_dns_at: Option<u64>,
+    closing_at: Option<u64>,
+    deadline: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -658,6 +677,16 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_status(&status);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Drain { undo } => {
+            let path = if *undo { "/drain/undo" } else { "/drain" };
+            let (code, body) = request(&cli.addr, "POST", path).await?;
+            print!("{body}");
+            Ok(if code == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Dns { json } => {
             let body = request(&cli.addr, "GET", "/status").await?.1;
             let status: Status = serde_json::from_str(&body)
@@ -861,6 +890,17 @@ fn print_status(s: &Status) {
             m.sync_rounds_failed
         ),
         None => println!("mesh: none (single node)"),
+    }
+    if let Some(d) = s.drain.as_ref().filter(|d| d.phase != "serving") {
+        let at = |v: Option<u64>| v.map_or("-".to_string(), ago);
+        println!(
+            "drain: {} (since {}; out of DNS {}; closing {}; deadline {})",
+            d.phase.to_uppercase(),
+            at(d.since),
+            at(d.out_of_dns_at),
+            at(d.closing_at),
+            at(d.deadline)
+        );
     }
     if let Some(p) = &s.ecs {
         print_poll(p);

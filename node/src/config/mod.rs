@@ -204,6 +204,8 @@ struct RawNode {
     data_dir: Option<PathBuf>,
     admin_addr: Option<String>,
     drain_timeout_secs: Option<u64>,
+    /// Serving after the DNS entrypoint dropped a draining node, on top of the record's TTL.
+    drain_grace_secs: Option<u64>,
     watch_config: Option<bool>,
 }
 
@@ -303,6 +305,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub admin_addr: SocketAddr,
     pub drain_timeout: Duration,
+    pub drain_grace: Duration,
     pub watch_config: bool,
     pub local_ca: bool,
     pub default_cert: Option<String>,
@@ -355,7 +358,8 @@ pub struct GossipConfig {
 }
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
-const MAX_DRAIN_SECS: u64 = 3600;
+/// ECS's largest task `stopTimeout`: the drain must fit in it.
+const MAX_DRAIN_SECS: u64 = 120;
 
 /// Reads, parses and validates a configuration file, then applies `EDGEMESH_*` overrides
 /// from `env`.
@@ -426,7 +430,9 @@ pub fn parse(
     if drain_secs > MAX_DRAIN_SECS {
         return Err(err(
             "node.drain_timeout_secs",
-            format!("{drain_secs} is more than {MAX_DRAIN_SECS} seconds"),
+            format!(
+                "{drain_secs} is more than {MAX_DRAIN_SECS} seconds (ECS's largest stopTimeout)"
+            ),
         ));
     }
 
@@ -678,6 +684,7 @@ pub fn parse(
         data_dir,
         admin_addr,
         drain_timeout: Duration::from_secs(drain_secs),
+        drain_grace: Duration::from_secs(raw.node.drain_grace_secs.unwrap_or(5)),
         watch_config: raw.node.watch_config.unwrap_or(true),
         local_ca: raw.tls.local_ca.unwrap_or(true),
         default_cert: raw.tls.default_cert.map(|d| d.to_ascii_lowercase()),

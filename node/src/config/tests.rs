@@ -526,3 +526,22 @@ fn entrypoint_section_and_its_errors() {
         assert_eq!(error_of(&src).key.as_deref(), Some(key), "{src}");
     }
 }
+
+#[test]
+fn drain_budget_fits_ecs_stop_timeout() {
+    let src = GOOD.replace(
+        "admin_addr = \"127.0.0.1:9999\"",
+        "admin_addr = \"127.0.0.1:9999\"\ndrain_timeout_secs = 121",
+    );
+    assert_eq!(
+        error_of(&src).key.as_deref(),
+        Some("node.drain_timeout_secs")
+    );
+    let src = GOOD.replace(
+        "admin_addr = \"127.0.0.1:9999\"",
+        "admin_addr = \"127.0.0.1:9999\"\ndrain_timeout_secs = 120\ndrain_grace_secs = 2",
+    );
+    let c = parse_str(&src).unwrap();
+    assert_eq!(c.drain_timeout, Duration::from_secs(120));
+    assert_eq!(c.drain_grace, Duration::from_secs(2));
+}

@@ -319,3 +319,188 @@ async fn the_record_follows_the_live_members() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// [`TEMPLATE`] with a 20 s drain budget and a one-second grace.
+fn drain_template() -> String {
+    TEMPLATE.replace(
+        "drain_timeout_secs = 1\n",
+        "drain_timeout_secs = 20\ndrain_grace_secs = 1\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_dns_before_it_stops_accepting_with_no_failed_request() {
+    let moto = Moto::start().await;
+    let aws = Aws::new(moto.addr, "127.0.0.7").await;
+    let zone = aws
+        .route53
+        .create_hosted_zone()
+        .name("edge.test.")
+        .caller_reference("edgemesh-drain")
+        .send()
+        .await
+        .unwrap()
+        .hosted_zone()
+        .unwrap()
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    let template = drain_template().replace("ttl = 5", "ttl = 1");
+    let backend = harness::backend("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = harness::cluster_key(dir.path());
+    let mut vars = vec![
+        ("keyfile", key.display().to_string()),
+        ("backend", backend.addr.to_string()),
+        ("zone", zone.clone()),
+        ("seeds", String::new()),
+        ("id", String::new()),
+        ("public", String::new()),
+    ];
+    let env = aws_env(moto.addr);
+    let mut nodes: Vec<(String, Node)> = Vec::new();
+    for i in 0..3 {
+        vars[4].1 = format!("d{i}");
+        vars[5].1 = format!("192.0.2.{}", 20 + i);
+        let n = harness::node_env(&template, &vars, &env).await;
+        if i == 0 {
+            vars[3].1 = format!("\"127.0.0.1:{}\"", n.port("gossip"));
+        }
+        nodes.push((format!("d{i}"), n));
+    }
+    let all = set(&["192.0.2.20", "192.0.2.21", "192.0.2.22"]);
+    wait_record(&aws, &zone, &all, Duration::from_secs(40), "three members").await;
+
+    // `meshctl drain` takes a node out of DNS while it keeps serving; `--undo` brings it back.
+    let leader = loop {
+        if let Some(l) = acting_leader(&nodes).await {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let others: Vec<usize> = (0..3).filter(|&i| nodes[i].0 != leader).collect();
+    let (id, n) = &nodes[others[0]];
+    let ip = format!("192.0.2.{}", 20 + id[1..].parse::<u8>().unwrap());
+    let (code, out, _) = harness::run(
+        env!("CARGO_BIN_EXE_meshctl"),
+        &["--addr", &n.admin(), "drain"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut without = all.clone();
+    without.remove(&ip);
+    wait_record(
+        &aws,
+        &zone,
+        &without,
+        Duration::from_secs(15),
+        "drained node out of DNS",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.status().await["drain"]["phase"] != "drained" {
+        assert!(Instant::now() < deadline, "{}", n.status().await["drain"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = harness::http_get(&n.addr("http").to_string(), "/")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "a drained node still serves");
+    let (code, out, _) = harness::run(
+        env!("CARGO_BIN_EXE_meshctl"),
+        &["--addr", &n.admin(), "drain", "--undo"],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_record(
+        &aws,
+        &zone,
+        &all,
+        Duration::from_secs(15),
+        "undone node back in DNS",
+    )
+    .await;
+
+    // A client that follows the record (re-read every 200 ms), under continuous load.
+    let addr_of: std::collections::HashMap<String, std::net::SocketAddr> = nodes
+        .iter()
+        .map(|(id, n)| {
+            (
+                format!("192.0.2.{}", 20 + id[1..].parse::<u8>().unwrap()),
+                n.addr("http"),
+            )
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, aws, zone, addr_of) = (
+            stop.clone(),
+            Aws::new(moto.addr, "127.0.0.7").await,
+            zone.clone(),
+            addr_of.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut i) = (0usize, Vec::new(), 0usize);
+            let mut ips: Vec<String> = Vec::new();
+            let mut resolved = Instant::now() - Duration::from_secs(1);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if resolved.elapsed() >= Duration::from_millis(200) {
+                    ips = a_record(&aws, &zone).await.into_iter().collect();
+                    resolved = Instant::now();
+                }
+                i += 1;
+                let ip = &ips[i % ips.len()];
+                match harness::http_get(&addr_of[ip].to_string(), "/").await {
+                    Ok((200, _)) => ok += 1,
+                    other => failed.push(format!("{ip}: {other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // SIGTERM the drained-and-undone node: it leaves DNS, lingers TTL + grace, then stops.
+    let t0 = Instant::now();
+    let i = others[0];
+    nodes[i].1.signal("TERM");
+    let mut without = all.clone();
+    without.remove(&ip);
+    let out_of_dns = wait_record(
+        &aws,
+        &zone,
+        &without,
+        Duration::from_secs(15),
+        "terminated node out of DNS",
+    )
+    .await;
+    let status = nodes[i].1.wait_exit(Duration::from_secs(25));
+    let exited = t0.elapsed();
+    assert!(status.success(), "{status:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    eprintln!(
+        "SIGTERM: out of DNS after {out_of_dns:?}, exited after {exited:?}; {ok} requests, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 100, "{ok}");
+    // The order, from the node's own log: out of DNS, then closing, then leaving.
+    let log = nodes[i].1.log();
+    let pos = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in\n{log}"))
+    };
+    assert!(pos("drain requested") < pos("drain: no new connections"));
+    assert!(pos("drain: no new connections") < pos("drain: left the mesh"));
+    // It kept accepting for the record's TTL (1 s) plus the grace (1 s) after leaving DNS.
+    assert!(
+        exited >= out_of_dns + Duration::from_millis(1_800),
+        "stopped too early: out of DNS {out_of_dns:?}, exited {exited:?}\n{}",
+        log.lines()
+            .filter(|l| l.contains("drain"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        exited < Duration::from_secs(20),
+        "within the 20 s budget: {exited:?}"
+    );
+}
