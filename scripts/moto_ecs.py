@@ -284,6 +284,43 @@ def _request_log(path):
     DomainDispatcherApplication.__call__ = call
 
 
+def _imds_on_loopback():
+    """Serves moto's EC2 instance metadata (IMDSv2 token, /latest/meta-data/...) on this
+    server's own address: moto dispatches by host, and nodes under test reach it through
+    AWS_EC2_METADATA_SERVICE_ENDPOINT instead of 169.254.169.254."""
+    from moto.server import DomainDispatcherApplication
+
+    orig = DomainDispatcherApplication.__call__
+
+    def call(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/latest/"):
+            environ["HTTP_HOST"] = "169.254.169.254"
+        return orig(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = call
+
+    # Real IMDS answers the token request with the token's TTL in
+    # X-aws-ec2-metadata-token-ttl-seconds (the SDKs require it); moto 5.2 sends none.
+    from moto.instance_metadata.responses import InstanceMetadataResponse
+
+    orig_response = InstanceMetadataResponse.metadata_response
+
+    def metadata_response(request, full_url, headers):
+        status, out_headers, body = orig_response(request, full_url, headers)
+        if full_url.split("?")[0].endswith("/latest/api/token"):
+            ttl = "21600"
+            for k, v in dict(headers).items():
+                if k.lower() == "x-aws-ec2-metadata-token-ttl-seconds":
+                    ttl = v
+            out_headers = {"x-aws-ec2-metadata-token-ttl-seconds": ttl}
+        return status, out_headers, body
+
+    InstanceMetadataResponse.metadata_response = staticmethod(metadata_response)
+
+
+_imds_on_loopback()
+
+
 if __name__ == "__main__":
     from moto.server import main
 

@@ -12,13 +12,17 @@ pub type SdkError<E> = aws_smithy_runtime_api::client::result::SdkError<
     aws_smithy_runtime_api::client::orchestrator::HttpResponse,
 >;
 
-/// The shared SDK configuration; `call_timeout` bounds one attempt.
-pub async fn sdk_config(region: Option<&str>, call_timeout: Duration) -> aws_config::SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
+fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
-        .build_https();
+        .build_https()
+}
+
+/// The shared SDK configuration; `call_timeout` bounds one attempt.
+pub async fn sdk_config(region: Option<&str>, call_timeout: Duration) -> aws_config::SdkConfig {
+    let http = http_client();
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(call_timeout)
@@ -58,4 +62,39 @@ where
         },
     };
     (code, status, message)
+}
+
+/// This instance's public IPv4 address from the EC2 instance metadata service (IMDSv2,
+/// aws-config's client: `AWS_EC2_METADATA_SERVICE_ENDPOINT` honoured), else its private one
+/// (an instance without a public address is reached at its private one, as behind a VPN).
+pub async fn imds_public_ip() -> Result<std::net::IpAddr, String> {
+    let client = aws_config::imds::Client::builder()
+        .configure(
+            &aws_config::provider_config::ProviderConfig::default().with_http_client(http_client()),
+        )
+        .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(2))
+        .build();
+    let mut errors = Vec::new();
+    for path in [
+        "/latest/meta-data/public-ipv4",
+        "/latest/meta-data/local-ipv4",
+    ] {
+        match client.get(path).await {
+            Ok(v) => {
+                let v = v.as_ref().trim().to_string();
+                return v
+                    .parse()
+                    .map_err(|_| format!("the metadata service answered {path} with {v:?}"));
+            }
+            Err(e) => errors.push(format!(
+                "{path}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )),
+        }
+    }
+    Err(format!(
+        "no address from the instance metadata service: {}",
+        errors.join("; ")
+    ))
 }

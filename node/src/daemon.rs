@@ -169,6 +169,15 @@ async fn start_mesh(
         max_packet_size: g.max_packet_size,
         ..MembershipConfig::lan(g.expected_cluster_size)
     };
+    let public_ip = match (g.public_ip, g.public_ip_from_imds) {
+        (Some(ip), _) => Some(ip),
+        (None, true) => Some(
+            crate::aws::imds_public_ip()
+                .await
+                .map_err(|e| anyhow::anyhow!("gossip.public_ip = \"imds\": {e}"))?,
+        ),
+        (None, false) => None,
+    };
     // The start time: a restarted node outranks its previous self.
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -177,7 +186,7 @@ async fn start_mesh(
         id: g.node_id.clone(),
         gossip: g.advertise,
         sync_port: g.sync_port,
-        public: g.public_ip,
+        public: public_ip,
         incarnation: started,
         bump: 0,
     };
@@ -185,7 +194,7 @@ async fn start_mesh(
         me,
         meta: NodeMeta {
             version: env!("CARGO_PKG_VERSION").into(),
-            public: g.public_ip,
+            public: public_ip,
             started_at: started,
             draining: false,
         },

@@ -339,6 +339,8 @@ pub struct GossipConfig {
     /// Seeds from the tasks of this ECS service (needs the `[ecs]` cluster).
     pub ecs_seed_service: Option<String>,
     pub public_ip: Option<std::net::IpAddr>,
+    /// `public_ip = "imds"`: ask the EC2 instance metadata service (IMDSv2) at start.
+    pub public_ip_from_imds: bool,
     /// Base64 keys, first one sending; validated at load.
     pub keys: Vec<String>,
     pub probe_period: Duration,
@@ -975,13 +977,15 @@ fn gossip_config(
         .enumerate()
         .map(|(i, s)| addr(&format!("gossip.seeds[{i}]"), s))
         .collect::<Result<Vec<_>, _>>()?;
-    let public_ip = match env("EDGEMESH_PUBLIC_IP")
+    let public = env("EDGEMESH_PUBLIC_IP")
         .map(|v| (v, true))
-        .or(g.public_ip.clone().map(|v| (v, false)))
-    {
+        .or(g.public_ip.clone().map(|v| (v, false)));
+    let public_ip_from_imds = public.as_ref().is_some_and(|(v, _)| v.trim() == "imds");
+    let public_ip = match public.filter(|_| !public_ip_from_imds) {
         None => None,
         Some((v, from_env)) => Some(v.parse().map_err(|_| {
-            let msg = format!("{v:?} is not an IP address");
+            let msg =
+                format!("{v:?} is not an IP address (or \"imds\": ask EC2's metadata service)");
             if from_env {
                 env_err("EDGEMESH_PUBLIC_IP", msg)
             } else {
@@ -1052,6 +1056,7 @@ fn gossip_config(
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty()),
         public_ip,
+        public_ip_from_imds,
         keys,
         probe_period: ms(g.probe_period_ms, lan.probe_period),
         probe_rtt: ms(g.probe_rtt_ms, lan.probe_rtt),

@@ -226,7 +226,13 @@ fn gossip_section_with_key_from_environment_or_file() {
     std::fs::write(dir.path().join("cluster.key"), format!("{KEY}\n")).unwrap();
     let path = dir.path().join("e.toml");
     let c = parse(&path, &gossip_src("key_file = \"cluster.key\"\n"), &no_env).unwrap();
-    assert_eq!(c.gossip.unwrap().keys, vec![KEY.to_string()]);
+    let g = c.gossip.unwrap();
+    assert_eq!(g.keys, vec![KEY.to_string()]);
+    assert!(g.public_ip.is_none() && !g.public_ip_from_imds);
+    // "imds": learned at start from the instance metadata service.
+    let src = gossip_src("key_file = \"cluster.key\"\npublic_ip = \"imds\"\n");
+    let g = parse(&path, &src, &no_env).unwrap().gossip.unwrap();
+    assert!(g.public_ip.is_none() && g.public_ip_from_imds);
 }
 
 #[test]

@@ -504,3 +504,52 @@ async fn sigterm_leaves_dns_before_it_stops_accepting_with_no_failed_request() {
         "within the 20 s budget: {exited:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_address_from_the_instance_metadata_service() {
+    let moto = Moto::start().await;
+    let backend = harness::backend("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = harness::cluster_key(dir.path());
+    let vars = vec![
+        ("keyfile", key.display().to_string()),
+        ("backend", backend.addr.to_string()),
+        ("zone", "Z1".to_string()),
+        ("seeds", String::new()),
+        ("id", "imds0".to_string()),
+        ("public", "imds".to_string()),
+    ];
+    let mut env = aws_env(moto.addr);
+    env.push((
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        format!("http://{}/", moto.addr),
+    ));
+    let mut n = harness::node_env(TEMPLATE, &vars, &env).await;
+    let s = n.status().await;
+    // moto's instance metadata answers public-ipv4 with 198.51.100.1.
+    assert_eq!(
+        s["mesh"]["me"]["public"], "198.51.100.1",
+        "{}",
+        s["mesh"]["me"]
+    );
+    assert_eq!(s["mesh"]["me"]["meta"]["public"], "198.51.100.1");
+
+    // No metadata service: the node refuses to start, naming the setting.
+    n.child.kill().unwrap();
+    let _ = n.child.wait();
+    let dead = format!("http://127.0.0.1:{}/", harness::free_port());
+    let config = n.dir.path().join("edgemesh.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgemesh"))
+        .arg("--config")
+        .arg(&config)
+        .envs(aws_env(moto.addr))
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &dead)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gossip.public_ip = \"imds\"") && stderr.contains("metadata service"),
+        "{stderr}"
+    );
+}

@@ -150,7 +150,7 @@ fn spawn_edgemesh(config: &Path, dir: &Path, env: &[(&str, String)]) -> Child {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "EDGEMESH_LOG",
-            "debug,hyper=info,hyper_util=info,rustls=info,aws_runtime=info,aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_sdk_ecs=info,aws_sdk_ec2=info,aws_sdk_sts=info,aws_config=info,hickory_resolver=info,hickory_net=info,hickory_proto=info",
+            "debug,hyper=info,hyper_util=info,rustls=info,aws_runtime=info,aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_sdk_ecs=info,aws_sdk_ec2=info,aws_sdk_route53=info,aws_sdk_sts=info,aws_config=info,hickory_resolver=info,hickory_net=info,hickory_proto=info",
         )
         .stdout(log.try_clone().unwrap())
         .stderr(log)
