@@ -315,6 +315,16 @@ impl Mesh {
 
     pub fn status(&self) -> MeshStatus {
         let now = Instant::now();
+        // Members first, released before the state is locked: never two of these locks at
+        // once (the driver takes them one at a time too).
+        let known: Vec<(NodeIdentity, Instant)> = self
+            .shared
+            .members
+            .lock()
+            .expect("members lock")
+            .values()
+            .cloned()
+            .collect();
         let state = self.shared.state.lock().expect("state lock");
         let meta = |id: &str| {
             let bytes = state.get(&meta_key(id))?;
@@ -330,16 +340,12 @@ impl Mesh {
             incarnation: id.incarnation,
             age_secs: now.duration_since(since).as_secs(),
         };
-        let mut members: Vec<MemberStatus> = self
-            .shared
-            .members
-            .lock()
-            .expect("members lock")
-            .values()
-            .map(|(id, since)| view(id, *since))
-            .collect();
+        let mut members: Vec<MemberStatus> =
+            known.iter().map(|(id, since)| view(id, *since)).collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         let state_entries = state.len();
+        let me = view(&self.shared.me, self.shared.started);
+        drop(state);
         let c = &self.shared.counters;
         let sc = &self.shared.sync.counters;
         MeshStatus {
@@ -358,7 +364,7 @@ impl Mesh {
             sync_rounds_ok: sc.rounds_ok.load(Ordering::Relaxed),
             sync_rounds_failed: sc.rounds_failed.load(Ordering::Relaxed),
             sync_updates_applied: sc.updates_applied.load(Ordering::Relaxed),
-            me: view(&self.shared.me, self.shared.started),
+            me,
             joined: !members.is_empty(),
             down: self.shared.down.lock().expect("down lock").clone(),
             members,
@@ -617,16 +623,17 @@ impl Driver {
     async fn election_tick(&mut self) {
         let now = self.now_ms();
         let me = self.shared.me.id.clone();
-        let (alive, voters) = {
-            let members = self.shared.members.lock().expect("members lock");
-            let mut alive: BTreeSet<String> =
-                members.values().map(|(id, _)| id.id.clone()).collect();
-            alive.insert(me.clone());
-            (
-                alive,
-                voters::read(&self.shared.state.lock().expect("state lock")),
-            )
-        };
+        // One lock at a time: `Mesh::status` takes them in the other order.
+        let mut alive: BTreeSet<String> = self
+            .shared
+            .members
+            .lock()
+            .expect("members lock")
+            .values()
+            .map(|(id, _)| id.id.clone())
+            .collect();
+        alive.insert(me.clone());
+        let voters = voters::read(&self.shared.state.lock().expect("state lock"));
         if let Some(v) = &voters {
             self.election.set_voters(v.clone());
         }
@@ -956,6 +963,48 @@ mod tests {
         })
         .await;
         assert!(rest.iter().all(|m| m.status().election.term > term));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_read_in_a_tight_loop_never_deadlocks_the_driver() {
+        // `status` and the driver's election tick both take the members and state locks;
+        // taken in opposite orders they deadlocked (seen once in a suite run). Both now take
+        // one at a time. Readers hammer `status` while three members elect.
+        // A deadlock blocks this test's own thread too: a watchdog turns it into a failure.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            if !d.load(Ordering::Relaxed) {
+                eprintln!("status_read_in_a_tight_loop_never_deadlocks_the_driver: deadlocked");
+                std::process::exit(101);
+            }
+        });
+        let key = ClusterKey::generate();
+        let a = Arc::new(mesh("a", &key, vec![]).await);
+        let b = mesh("b", &key, vec![a.local_addr]).await;
+        let c = mesh("c", &key, vec![a.local_addr]).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (a, stop) = (a.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += a.status().members.len() as u64 + 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        wait("a leader acts", || acting(&[&a, &b, &c]).len() == 1).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        assert_eq!(acting(&[&a, &b, &c]).len(), 1);
+        done.store(true, Ordering::Relaxed);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
