@@ -153,8 +153,11 @@ impl Pebble {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", acme)).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", chall_mgmt)).is_err()
+        // Every port a test uses: the directory, pebble's management API (roots) and the
+        // challenge server's (TXT records). pebble opens them one after another.
+        while [acme, mgmt, chall_mgmt]
+            .iter()
+            .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
         {
             assert!(Instant::now() < deadline, "pebble did not start");
             std::thread::sleep(Duration::from_millis(50));

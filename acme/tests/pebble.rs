@@ -102,6 +102,21 @@ fn names(n: &[&str]) -> Vec<String> {
     n.iter().map(|s| s.to_string()).collect()
 }
 
+/// The subject alternative names of the first certificate in `chain_pem`, as x509-parser
+/// prints them (`DNSName(a.test)`).
+fn sans(chain_pem: &str) -> Vec<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect()
+}
+
 fn spec(n: &[&str]) -> OrderSpec {
     OrderSpec {
         names: names(n),
@@ -180,17 +195,7 @@ async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
         tokens.0.lock().unwrap().is_empty(),
         "tokens removed after the order"
     );
-    let (_, pem) = x509_parser::pem::parse_x509_pem(issued.chain_pem.as_bytes()).unwrap();
-    let cert = pem.parse_x509().unwrap();
-    let sans: Vec<String> = cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names
-        .iter()
-        .map(|n| format!("{n}"))
-        .collect();
+    let sans = sans(&issued.chain_pem);
     assert!(
         sans.iter().any(|n| n.contains("www.shop.edge.test")),
         "{sans:?}"
@@ -296,17 +301,7 @@ async fn dns01_issues_a_wildcard_and_its_base_domain_then_removes_the_records() 
     let issued = issue(&acme, &both, &Forgetful, &dns, Duration::from_secs(30))
         .await
         .unwrap();
-    let (_, pem) = x509_parser::pem::parse_x509_pem(issued.chain_pem.as_bytes()).unwrap();
-    let cert = pem.parse_x509().unwrap();
-    let sans: Vec<String> = cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names
-        .iter()
-        .map(|n| format!("{n}"))
-        .collect();
+    let sans = sans(&issued.chain_pem);
     assert_eq!(
         sans,
         vec!["DNSName(apps.edge.test)", "DNSName(*.apps.edge.test)"]

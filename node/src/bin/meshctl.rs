@@ -666,17 +666,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> Result<ExitCode, String> {
     match &cli.command {
-        Command::Status { json } => {
-            let body = request(&cli.addr, "GET", "/status").await?.1;
-            if *json {
-                println!("{body}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let status: Status = serde_json::from_str(&body)
-                .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
-            print_status(&status);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { json } => show_status(&cli.addr, *json, None, print_status).await,
         Command::Drain { undo } => {
             let path = if *undo { "/drain/undo" } else { "/drain" };
             let (code, body) = request(&cli.addr, "POST", path).await?;
@@ -687,29 +677,8 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
-        Command::Dns { json } => {
-            let body = request(&cli.addr, "GET", "/status").await?.1;
-            let status: Status = serde_json::from_str(&body)
-                .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
-            if *json {
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                println!("{}", v["entrypoint"]);
-                return Ok(ExitCode::SUCCESS);
-            }
-            print_dns(&status);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Certs { json } => {
-            let body = request(&cli.addr, "GET", "/status").await?.1;
-            if *json {
-                println!("{body}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let status: Status = serde_json::from_str(&body)
-                .map_err(|e| format!("unexpected status from {}: {e}", cli.addr))?;
-            print_certs(&status);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Dns { json } => show_status(&cli.addr, *json, Some("entrypoint"), print_dns).await,
+        Command::Certs { json } => show_status(&cli.addr, *json, None, print_certs).await,
         Command::Topology { json } => {
             let body = request(&cli.addr, "GET", "/topology").await?.1;
             if *json {
@@ -800,6 +769,30 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             })
         }
     }
+}
+
+/// GET /status, then print it as JSON (`json_key`: only that member) or with `print`.
+async fn show_status(
+    addr: &str,
+    json: bool,
+    json_key: Option<&str>,
+    print: fn(&Status),
+) -> Result<ExitCode, String> {
+    let body = request(addr, "GET", "/status").await?.1;
+    if json {
+        match json_key {
+            None => println!("{body}"),
+            Some(k) => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                println!("{}", v[k]);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: Status =
+        serde_json::from_str(&body).map_err(|e| format!("unexpected status from {addr}: {e}"))?;
+    print(&status);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {

@@ -33,6 +33,23 @@ endpoints = ["{backend}"]
 "#
 );
 
+/// pebble's root for the certificates it issues, from its management API, written into
+/// `dir`.
+pub async fn issuer_root(pebble: &Pebble, dir: &Path) -> std::path::PathBuf {
+    let (_, status, roots) = harness::tls_get(
+        pebble.management,
+        "localhost",
+        &pebble.root,
+        false,
+        "/roots/0",
+    )
+    .await;
+    assert_eq!(status, 200, "pebble's /roots/0");
+    let path = dir.join("pebble-root.pem");
+    std::fs::write(&path, roots).unwrap();
+    path
+}
+
 /// Whether `node` serves `host` with a certificate that chains to `root`.
 async fn serves(node: &Node, host: &str, root: &Path) -> bool {
     harness::tls_connect(node.addr("https"), host, root, &[b"http/1.1"])
@@ -76,18 +93,7 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
     eprintln!("leader {leader}; pebble validates through {validator_id}");
     let validated_dir = validated.dir.path().to_path_buf();
 
-    // pebble's root for the certificates it issues, from its management API.
-    let (_, status, roots) = harness::tls_get(
-        pebble.management,
-        "localhost",
-        &pebble.root,
-        false,
-        "/roots/0",
-    )
-    .await;
-    assert_eq!(status, 200);
-    let issuer_root = dir.path().join("pebble-root.pem");
-    std::fs::write(&issuer_root, roots).unwrap();
+    let issuer_root = issuer_root(&pebble, dir.path()).await;
 
     let acme = format!(
         "[acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@edge.test\"]\nroot_pem = \"{}\"\npropagation_ms = 1500\n",
@@ -332,16 +338,7 @@ async fn a_due_certificate_is_renewed_once_while_https_traffic_flows() {
     let node = harness::node(SINGLE, &vars).await;
     let pebble = Pebble::start(node.port("http"), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let (_, _, roots) = harness::tls_get(
-        pebble.management,
-        "localhost",
-        &pebble.root,
-        false,
-        "/roots/0",
-    )
-    .await;
-    let root = dir.path().join("root.pem");
-    std::fs::write(&root, roots).unwrap();
+    let root = issuer_root(&pebble, dir.path()).await;
     // Renew any certificate older than 8 s: a renewal is due soon after the first issue.
     vars[1].1 = format!(
         "[acme]\ndirectory = \"{}\"\nroot_pem = \"{}\"\npropagation_ms = 100\nrenew_after_secs = 8\n",

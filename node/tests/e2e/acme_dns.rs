@@ -72,31 +72,10 @@ async fn challenge_records(aws: &Aws, zone: &str) -> BTreeMap<String, BTreeSet<S
 async fn a_wildcard_certificate_through_route53_dns01() {
     let moto = Moto::start().await;
     let aws = Aws::new(moto.addr, "127.0.0.9").await;
-    let zone = aws
-        .route53
-        .create_hosted_zone()
-        .name("edge.test.")
-        .caller_reference("edgemesh-e2e")
-        .send()
-        .await
-        .unwrap()
-        .hosted_zone()
-        .unwrap()
-        .id()
-        .trim_start_matches("/hostedzone/")
-        .to_string();
+    let zone = aws.hosted_zone("edge.test.").await;
     let pebble = Pebble::start(harness::free_port(), &[("PEBBLE_AUTHZREUSE", "0")]);
     let dir = tempfile::tempdir().unwrap();
-    let (_, _, roots) = harness::tls_get(
-        pebble.management,
-        "localhost",
-        &pebble.root,
-        false,
-        "/roots/0",
-    )
-    .await;
-    let issuer_root = dir.path().join("root.pem");
-    std::fs::write(&issuer_root, roots).unwrap();
+    let issuer_root = crate::acme::issuer_root(&pebble, dir.path()).await;
 
     // moto's zone -> pebble's DNS, every 100 ms; every value seen in moto is kept.
     let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();

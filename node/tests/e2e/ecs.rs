@@ -228,6 +228,22 @@ impl Aws {
         }
     }
 
+    /// A Route53 hosted zone for `name`; its id without the `/hostedzone/` prefix.
+    pub async fn hosted_zone(&self, name: &str) -> String {
+        self.route53
+            .create_hosted_zone()
+            .name(name)
+            .caller_reference(format!("edgemesh-{name}-{}", harness::free_port()))
+            .send()
+            .await
+            .unwrap()
+            .hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string()
+    }
+
     /// An EC2 instance at `ip`, registered as a container instance of `edge`.
     pub async fn instance(&self, subnet: &str, ip: &str) {
         let inst = self

@@ -43,6 +43,10 @@ ttl = 5
 );
 
 async fn a_record(aws: &Aws, zone: &str) -> BTreeSet<String> {
+    record(aws, zone, RrType::A).await
+}
+
+async fn record(aws: &Aws, zone: &str, rtype: RrType) -> BTreeSet<String> {
     let out = aws
         .route53
         .list_resource_record_sets()
@@ -52,10 +56,49 @@ async fn a_record(aws: &Aws, zone: &str) -> BTreeSet<String> {
         .unwrap();
     out.resource_record_sets()
         .iter()
-        .filter(|r| r.name() == "mesh.edge.test." && *r.r#type() == RrType::A)
+        .filter(|r| r.name() == "mesh.edge.test." && *r.r#type() == rtype)
         .flat_map(|r| r.resource_records())
         .map(|v| v.value().to_string())
         .collect()
+}
+
+/// The template's variables: cluster key in `dir`, the backend, the hosted zone; seeds, id
+/// and public address empty.
+fn variables(
+    dir: &std::path::Path,
+    backend: &harness::Backend,
+    zone: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("keyfile", harness::cluster_key(dir).display().to_string()),
+        ("backend", backend.addr.to_string()),
+        ("zone", zone.to_string()),
+        ("seeds", String::new()),
+        ("id", String::new()),
+        ("public", String::new()),
+    ]
+}
+
+/// Members `(id, public address)` on `template`, the first seeding the rest; returns them
+/// and the variables with the first as seed.
+async fn start_mesh(
+    template: &str,
+    vars: &[(&'static str, String)],
+    members: &[(String, String)],
+    env: &[(&str, String)],
+) -> (Vec<(String, Node)>, Vec<(&'static str, String)>) {
+    let mut vars = vars.to_vec();
+    let mut nodes = Vec::new();
+    for (i, (id, public)) in members.iter().enumerate() {
+        vars[4].1 = id.clone();
+        vars[5].1 = public.clone();
+        let n = harness::node_env(template, &vars, env).await;
+        if i == 0 {
+            vars[3].1 = format!("\"127.0.0.1:{}\"", n.port("gossip"));
+        }
+        nodes.push((id.clone(), n));
+    }
+    (nodes, vars)
 }
 
 fn set(ips: &[&str]) -> BTreeSet<String> {
@@ -96,43 +139,22 @@ async fn acting_leader(nodes: &[(String, Node)]) -> Option<String> {
 async fn the_record_follows_the_live_members() {
     let moto = Moto::start().await;
     let aws = Aws::new(moto.addr, "127.0.0.8").await;
-    let zone = aws
-        .route53
-        .create_hosted_zone()
-        .name("edge.test.")
-        .caller_reference("edgemesh-entrypoint")
-        .send()
-        .await
-        .unwrap()
-        .hosted_zone()
-        .unwrap()
-        .id()
-        .trim_start_matches("/hostedzone/")
-        .to_string();
+    let zone = aws.hosted_zone("edge.test.").await;
     // The nodes reach Route53 through a fault proxy.
     let faults = FaultProxy::start(moto.addr).await;
     let backend = harness::backend("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let key = harness::cluster_key(dir.path());
-    let mut vars = vec![
-        ("keyfile", key.display().to_string()),
-        ("backend", backend.addr.to_string()),
-        ("zone", zone.clone()),
-        ("seeds", String::new()),
-        ("id", String::new()),
-        ("public", String::new()),
-    ];
     let env = aws_env(faults.addr);
-    let mut nodes: Vec<(String, Node)> = Vec::new();
-    for i in 0..5 {
-        vars[4].1 = format!("e{i}");
-        vars[5].1 = format!("192.0.2.{}", 10 + i);
-        let n = harness::node_env(TEMPLATE, &vars, &env).await;
-        if i == 0 {
-            vars[3].1 = format!("\"127.0.0.1:{}\"", n.port("gossip"));
-        }
-        nodes.push((format!("e{i}"), n));
-    }
+    let members: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("e{i}"), format!("192.0.2.{}", 10 + i)))
+        .collect();
+    let (mut nodes, vars) = start_mesh(
+        TEMPLATE,
+        &variables(dir.path(), &backend, &zone),
+        &members,
+        &env,
+    )
+    .await;
     let all = set(&[
         "192.0.2.10",
         "192.0.2.11",
@@ -332,44 +354,33 @@ fn drain_template() -> String {
 async fn sigterm_leaves_dns_before_it_stops_accepting_with_no_failed_request() {
     let moto = Moto::start().await;
     let aws = Aws::new(moto.addr, "127.0.0.7").await;
-    let zone = aws
-        .route53
-        .create_hosted_zone()
-        .name("edge.test.")
-        .caller_reference("edgemesh-drain")
-        .send()
-        .await
-        .unwrap()
-        .hosted_zone()
-        .unwrap()
-        .id()
-        .trim_start_matches("/hostedzone/")
-        .to_string();
+    let zone = aws.hosted_zone("edge.test.").await;
     let template = drain_template().replace("ttl = 5", "ttl = 1");
     let backend = harness::backend("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let key = harness::cluster_key(dir.path());
-    let mut vars = vec![
-        ("keyfile", key.display().to_string()),
-        ("backend", backend.addr.to_string()),
-        ("zone", zone.clone()),
-        ("seeds", String::new()),
-        ("id", String::new()),
-        ("public", String::new()),
-    ];
     let env = aws_env(moto.addr);
-    let mut nodes: Vec<(String, Node)> = Vec::new();
-    for i in 0..3 {
-        vars[4].1 = format!("d{i}");
-        vars[5].1 = format!("192.0.2.{}", 20 + i);
-        let n = harness::node_env(&template, &vars, &env).await;
-        if i == 0 {
-            vars[3].1 = format!("\"127.0.0.1:{}\"", n.port("gossip"));
-        }
-        nodes.push((format!("d{i}"), n));
-    }
+    // Three IPv4 members and one IPv6 member (its own AAAA record).
+    let mut members: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("d{i}"), format!("192.0.2.{}", 20 + i)))
+        .collect();
+    members.push(("d3".into(), "2001:db8::23".into()));
+    let (mut nodes, _) = start_mesh(
+        &template,
+        &variables(dir.path(), &backend, &zone),
+        &members,
+        &env,
+    )
+    .await;
     let all = set(&["192.0.2.20", "192.0.2.21", "192.0.2.22"]);
     wait_record(&aws, &zone, &all, Duration::from_secs(40), "three members").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record(&aws, &zone, RrType::Aaaa).await != set(&["2001:db8::23"]) {
+        assert!(
+            Instant::now() < deadline,
+            "no AAAA record for the IPv6 member"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // `meshctl drain` takes a node out of DNS while it keeps serving; `--undo` brings it back.
     let leader = loop {
@@ -510,15 +521,9 @@ async fn the_public_address_from_the_instance_metadata_service() {
     let moto = Moto::start().await;
     let backend = harness::backend("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let key = harness::cluster_key(dir.path());
-    let vars = vec![
-        ("keyfile", key.display().to_string()),
-        ("backend", backend.addr.to_string()),
-        ("zone", "Z1".to_string()),
-        ("seeds", String::new()),
-        ("id", "imds0".to_string()),
-        ("public", "imds".to_string()),
-    ];
+    let mut vars = variables(dir.path(), &backend, "Z1");
+    vars[4].1 = "imds0".into();
+    vars[5].1 = "imds".into();
     let mut env = aws_env(moto.addr);
     env.push((
         "AWS_EC2_METADATA_SERVICE_ENDPOINT",
