@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """moto_server with fidelity patches to its ECS backend, for edgemesh's tests.
 
-Usage: moto_ecs.py PORT [--log FILE]
+Usage: moto_ecs.py PORT [--log FILE] [--host ADDR]
 
 The SDK talks the real AWS wire protocol to this server; only moto's ECS *model* is patched
 where moto 5.2 does not do what ECS does. Every patch names the real behaviour it reproduces.
@@ -329,4 +329,9 @@ if __name__ == "__main__":
         i = args.index("--log")
         _request_log(args[i + 1])
         del args[i : i + 2]
-    main(["-H", "127.0.0.1", "-p", args[0]])
+    host = "127.0.0.1"
+    if "--host" in args:
+        i = args.index("--host")
+        host = args[i + 1]
+        del args[i : i + 2]
+    main(["-H", host, "-p", args[0]])

@@ -10,10 +10,13 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # curl with HTTP/2 (nghttp2) drives one of the end-to-end tests.
 # dnsmasq is the DNS server the DNS-pool tests query; pebble (with pebble-challtestsrv) is
 # Let's Encrypt's test CA the ACME tests order from.
+# iproute2 and nftables build the chaos tests' network namespaces and their faults.
 if ! command -v curl >/dev/null 2>&1 || ! curl -V | grep -q HTTP2 \
-  || ! command -v dnsmasq >/dev/null 2>&1 || ! command -v pebble >/dev/null 2>&1; then
+  || ! command -v dnsmasq >/dev/null 2>&1 || ! command -v pebble >/dev/null 2>&1 \
+  || ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl dnsmasq-base pebble
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl dnsmasq-base pebble \
+    iproute2 nftables
 fi
 # The AWS API emulator the ECS tests talk to (scripts/moto_ecs.py patches its ECS model;
 # the patches were written against this version).

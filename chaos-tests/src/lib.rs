@@ -1,1 +1,302 @@
-//! Multi-node fault tests in network namespaces. Built in the chaos-tests issue; skeleton for now.
+//! A lab of Linux network namespaces for fault tests: hosts joined by a bridge that lives in
+//! a namespace of its own, with addresses (10.77.0.0/24) that exist only inside the lab.
+//! Real processes run in the hosts (`ip netns exec`); faults come from the kernel (nftables
+//! rules in a host's namespace) and from signals. Everything is removed on drop, also when a
+//! test fails. Needs root (CI runs as root), iproute2 and nftables.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// One host: a network namespace with one address on the lab's bridge.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+pub struct Lab {
+    tag: String,
+    switch: String,
+    hosts: Vec<Host>,
+    children: Vec<(String, Child)>,
+    pub dir: tempfile::TempDir,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) -> Output {
+    run(Command::new("ip").args(args))
+}
+
+/// Whether this machine can build a lab (root, `ip netns`, `nft`).
+pub fn available() -> Result<(), String> {
+    let probe = format!("emprobe{}", std::process::id() % 100_000);
+    let made = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "ip netns add: {}",
+            String::from_utf8_lossy(&made.stderr).trim()
+        ));
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    Ok(())
+}
+
+impl Lab {
+    /// A new lab; `tag` (a few letters) names its namespaces with this process's id.
+    pub fn new(tag: &str) -> Lab {
+        let tag = format!("{tag}{}", std::process::id() % 10_000);
+        let switch = format!("em-{tag}-sw");
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        ip(&["-n", &switch, "link", "set", "lo", "up"]);
+        Lab {
+            tag,
+            switch,
+            hosts: Vec::new(),
+            children: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Adds a host at 10.77.0.`last` on the bridge.
+    pub fn host(&mut self, name: &str, last: u8) -> Host {
+        let ns = format!("em-{}-{name}", self.tag);
+        let (outer, inner) = (
+            format!("o{}{last}", self.tag),
+            format!("i{}{last}", self.tag),
+        );
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+            "netns",
+            &ns,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &outer,
+            "master",
+            "br0",
+            "up",
+        ]);
+        let addr = format!("10.77.0.{last}/24");
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", &inner]);
+        ip(&["-n", &ns, "link", "set", &inner, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let host = Host {
+            name: name.to_string(),
+            ns,
+            ip: Ipv4Addr::new(10, 77, 0, last),
+        };
+        self.hosts.push(host.clone());
+        host
+    }
+
+    /// Starts `program args` in `host`, output to `<dir>/<label>.log`; killed on drop.
+    pub fn spawn(
+        &mut self,
+        host: &Host,
+        label: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) {
+        let log = std::fs::File::create(self.log_path(label)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        self.children.push((label.to_string(), child));
+    }
+
+    pub fn log_path(&self, label: &str) -> PathBuf {
+        self.dir.path().join(format!("{label}.log"))
+    }
+
+    pub fn log(&self, label: &str) -> String {
+        std::fs::read_to_string(self.log_path(label)).unwrap_or_default()
+    }
+
+    /// Sends `signal` (KILL, STOP, CONT, TERM) to the process started as `label`.
+    pub fn signal(&mut self, label: &str, signal: &str) {
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label}"));
+        // `ip netns exec` execs the program: the child's pid is the program's.
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status();
+        if signal == "KILL" {
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `program args` in `host` and returns its output.
+    pub fn exec(&self, host: &Host, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
+    }
+
+    /// An HTTP request from inside `host` (curl): (status, body); status 0 when it failed.
+    pub fn http(&self, host: &Host, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+        let mut args = vec!["-s", "-m", "5", "-X", method, "-w", "\n%{http_code}", url];
+        if let Some(b) = body {
+            args.extend(["--data-binary", b]);
+        }
+        let out = self.exec(host, "curl", &args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Cuts `a` off from `b` both ways (nftables in every host of both sides); the hosts
+    /// outside both sides still reach everyone.
+    pub fn partition(&self, a: &[&Host], b: &[&Host]) {
+        for (side, other) in [(a, b), (b, a)] {
+            let ips: Vec<String> = other.iter().map(|h| h.ip.to_string()).collect();
+            let set = ips.join(", ");
+            for h in side {
+                let rules = format!(
+                    "table inet emchaos {{\n chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop\n }}\n chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop\n }}\n}}\n"
+                );
+                self.nft(h, &rules);
+            }
+        }
+    }
+
+    /// Drops `percent`% of packets in and out of `host`, at random.
+    pub fn loss(&self, host: &Host, percent: u8) {
+        let rules = format!(
+            "table inet emchaos {{\n chain in {{ type filter hook input priority 0; iifname != \"lo\" numgen random mod 100 < {percent} drop\n }}\n chain out {{ type filter hook output priority 0; oifname != \"lo\" numgen random mod 100 < {percent} drop\n }}\n}}\n"
+        );
+        self.nft(host, &rules);
+    }
+
+    /// Removes every fault rule.
+    pub fn heal(&self) {
+        for h in &self.hosts {
+            let _ = self.exec(h, "nft", &["delete", "table", "inet", "emchaos"]);
+        }
+    }
+
+    fn nft(&self, host: &Host, rules: &str) {
+        let _ = self.exec(host, "nft", &["delete", "table", "inet", "emchaos"]);
+        let path = self.dir.path().join(format!("{}.nft", host.name));
+        std::fs::write(&path, rules).unwrap();
+        let out = self.exec(host, "nft", &["-f", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "nft in {}: {}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for h in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &h.ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .output();
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics naming `what` after `within`.
+pub fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One row of CHAOS.md.
+pub struct Row {
+    pub scenario: String,
+    pub invariant: String,
+    pub result: String,
+    pub figures: String,
+}
+
+/// Appends `row` to the report this run writes (`CHAOS_REPORT`, default
+/// `target/chaos-report.md`) and prints it.
+pub fn report(row: &Row) {
+    let line = format!(
+        "| {} | {} | {} | {} |\n",
+        row.scenario, row.invariant, row.result, row.figures
+    );
+    print!("CHAOS {line}");
+    let path = std::env::var("CHAOS_REPORT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/chaos-report.md").to_string()
+    });
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
