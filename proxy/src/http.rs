@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use crate::body::Metered;
-use crate::pool::{now_ms, Endpoint, Pool};
+use crate::pool::{now_ms, Pool};
 use crate::route::normalize_host;
 use crate::server::Shared;
 use crate::upstream;
@@ -131,11 +131,16 @@ async fn forward(
     let orig_host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     set_forwarded(&mut parts.headers, conn, orig_host);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // Origin-form (`/path?query`): what an origin server expects on HTTP/1.1 (RFC 9112
+    // §3.2.1); the Host header carries the authority. Absolute-form is for proxies, and
+    // servers such as Python's http.server answer it with 404.
+    parts.uri = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     parts.version = Version::HTTP_11;
     let body = Metered::new(body, shared.bytes_up.clone(), None, None);
     let mut req = Request::from_parts(parts, Either::Left(body));
@@ -146,10 +151,7 @@ async fn forward(
     let s = &shared.settings;
     let mut exclude = None;
     let mut connect_failures = 0;
-    loop {
-        let Some(ep) = pool.pick(now_ms(), exclude) else {
-            break;
-        };
+    while let Some(ep) = pool.pick(now_ms(), exclude) {
         let mut upstream = match upstream::checkout(
             ep.addr,
             s.connect_timeout,
@@ -171,7 +173,6 @@ async fn forward(
                 continue;
             }
         };
-        *req.uri_mut() = upstream_uri(&ep, &path);
         let in_flight = ep.begin();
         let started = Instant::now();
         match upstream.send(req).await {
@@ -199,14 +200,6 @@ async fn forward(
         StatusCode::BAD_GATEWAY,
         format!("upstream of service {} unreachable\n", pool.name),
     )
-}
-
-fn upstream_uri(ep: &Endpoint, path: &PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(ep.authority.clone());
-    parts.path_and_query = Some(path.clone());
-    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
 }
 
 fn respond(

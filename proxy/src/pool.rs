@@ -53,8 +53,6 @@ pub struct PoolSpec {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, built once instead of per request.
-    pub(crate) authority: http::uri::Authority,
     weight: AtomicU32,
     in_flight: AtomicU64,
     requests: AtomicU64,
@@ -69,10 +67,6 @@ impl Endpoint {
     fn new(addr: SocketAddr, weight: u32) -> Self {
         Endpoint {
             addr,
-            authority: addr
-                .to_string()
-                .parse()
-                .expect("a socket address is a valid authority"),
             weight: AtomicU32::new(weight),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),

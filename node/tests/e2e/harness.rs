@@ -376,6 +376,17 @@ async fn serve_backend(
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
     let full = |s: String| Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed();
+    // A strict origin server: absolute-form request lines are for proxies (RFC 9112
+    // §3.2.1), and some servers (Python's http.server) answer them with 404.
+    if req.uri().scheme().is_some() {
+        return Ok(Response::builder()
+            .status(400)
+            .body(full(format!(
+                "{name}: absolute-form request line {}\n",
+                req.uri()
+            )))
+            .unwrap());
+    }
     let path = req.uri().path().to_string();
     if req.headers().contains_key("sec-websocket-key") {
         let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
