@@ -205,10 +205,12 @@ impl Lab {
         }
     }
 
-    /// Drops `percent`% of packets in and out of `host`, at random.
+    /// Drops `percent`% of the packets arriving at `host`, at random. Applied to every host,
+    /// each datagram between two hosts is lost with that probability once (the loss model
+    /// of the gossip simulation), not twice (once leaving, once arriving).
     pub fn loss(&self, host: &Host, percent: u8) {
         let rules = format!(
-            "table inet emchaos {{\n chain in {{ type filter hook input priority 0; iifname != \"lo\" numgen random mod 100 < {percent} drop\n }}\n chain out {{ type filter hook output priority 0; oifname != \"lo\" numgen random mod 100 < {percent} drop\n }}\n}}\n"
+            "table inet emchaos {{\n chain in {{ type filter hook input priority 0; iifname != \"lo\" numgen random mod 100 < {percent} drop\n }}\n}}\n"
         );
         self.nft(host, &rules);
     }

@@ -28,7 +28,22 @@ fn bin(name: &str) -> PathBuf {
     root.join("target/debug").join(name)
 }
 
-fn node_config(lab: &Lab, h: &Host, key: &str, seed: &Host, zone: &str) -> PathBuf {
+/// A member's config: `zone` adds the DNS entrypoint, `backend` (ip:port) the pool's
+/// endpoint.
+fn node_config(
+    lab: &Lab,
+    h: &Host,
+    key: &str,
+    seed: &Host,
+    zone: Option<&str>,
+    backend: Option<&str>,
+) -> PathBuf {
+    let endpoints = backend.map_or(String::new(), |b| format!("\"{b}\""));
+    let entrypoint = zone.map_or(String::new(), |zone| {
+        format!(
+            "[entrypoint]\ndebounce_ms = 300\ncheck_secs = 2\n\n[[entrypoint.records]]\nhosted_zone_id = \"{zone}\"\nname = \"mesh.edge.test\"\nttl = 5\n"
+        )
+    });
     let toml = format!(
         r#"
 [node]
@@ -45,9 +60,6 @@ node_id = "{name}"
 seeds = ["{seed}:7946"]
 key_file = "{key}"
 public_ip = "{ip}"
-probe_period_ms = 200
-probe_rtt_ms = 100
-suspect_to_down_ms = 1000
 expected_cluster_size = 6
 bootstrap_expect = 3
 reap_after_secs = 600
@@ -63,16 +75,9 @@ pool = "app"
 tls = false
 
 [pools.app]
-endpoints = []
+endpoints = [{endpoints}]
 
-[entrypoint]
-debounce_ms = 300
-check_secs = 2
-
-[[entrypoint.records]]
-hosted_zone_id = "{zone}"
-name = "mesh.edge.test"
-ttl = 5
+{entrypoint}
 "#,
         data = lab.path().join(format!("data-{}", h.name)).display(),
         ip = h.ip,
@@ -205,7 +210,7 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
     ];
     let edgemesh = bin("edgemesh").display().to_string();
     for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], &zone);
+        let cfg = node_config(&lab, h, &key, &nodes[0], Some(&zone), None);
         lab.spawn(
             h,
             &h.name,
@@ -217,7 +222,7 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
     // An intruder on the same network, seeded with a member's address, with another key.
     let intruder = lab.host("intruder", 66);
     let other_key = key_file(&lab, "other.key");
-    let cfg = node_config(&lab, &intruder, &other_key, &nodes[0], &zone);
+    let cfg = node_config(&lab, &intruder, &other_key, &nodes[0], Some(&zone), None);
     lab.spawn(
         &intruder,
         "intruder",
@@ -360,6 +365,149 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
             dropped.as_secs_f64(),
             converged.as_secs_f64(),
             members_back.as_secs_f64()
+        ),
+    });
+}
+
+#[test]
+fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
+    if let Err(why) = available() {
+        eprintln!("SKIPPED: network namespaces unavailable here ({why})");
+        return;
+    }
+    let loss_secs: u64 = std::env::var("CHAOS_LOSS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut lab = Lab::new("ls");
+    let backend = lab.host("backend", 100);
+    let client = lab.host("client", 250);
+    let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
+    lab.spawn(
+        &backend,
+        "backend",
+        "python3",
+        &[
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            &backend.ip.to_string(),
+        ],
+        &[],
+    );
+    let key = key_file(&lab, "cluster.key");
+    let edgemesh = bin("edgemesh").display().to_string();
+    let upstream = format!("{}:8000", backend.ip);
+    for h in &nodes {
+        let cfg = node_config(&lab, h, &key, &nodes[0], None, Some(&upstream));
+        lab.spawn(
+            h,
+            &h.name,
+            &edgemesh,
+            &["--config", &cfg.display().to_string()],
+            &[],
+        );
+    }
+    let sees_all = |lab: &Lab| {
+        nodes.iter().all(|h| {
+            status(lab, h)["mesh"]["members"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 4
+        })
+    };
+    wait_for("five members", Duration::from_secs(60), || {
+        sees_all(&lab).then_some(())
+    });
+    let mut last = (0, String::new());
+    let ready = Instant::now();
+    while last.0 != 200 {
+        last = lab.http(
+            &client,
+            "GET",
+            &format!("http://{}:8080/", nodes[0].ip),
+            None,
+        );
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "no answer through the mesh: {last:?}\nbackend: {}\nn1: {}",
+            lab.log("backend"),
+            lab.log("n1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 20% loss in and out of every member: nobody is declared down, requests keep flowing.
+    for h in &nodes {
+        lab.loss(h, 20);
+    }
+    let start = Instant::now();
+    let (mut ok, mut failed, mut downs) = (0u32, 0u32, BTreeSet::new());
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(loss_secs) {
+        let target = &nodes[i % nodes.len()];
+        i += 1;
+        match lab
+            .http(&client, "GET", &format!("http://{}:8080/", target.ip), None)
+            .0
+        {
+            200 => ok += 1,
+            _ => failed += 1,
+        }
+        if i % 10 == 0 {
+            for h in &nodes {
+                if let Some(d) = status(&lab, h)["mesh"]["down"].as_array() {
+                    downs.extend(d.iter().filter_map(|x| x.as_str().map(str::to_string)));
+                }
+            }
+        }
+    }
+    lab.heal();
+    assert!(
+        downs.is_empty(),
+        "members declared down under 20% loss: {downs:?}"
+    );
+    assert!(ok > 0, "no request got through");
+    report(&Row {
+        scenario: format!("5. 20% random loss on every member for {loss_secs} s"),
+        invariant: "no live member declared down; traffic keeps flowing".into(),
+        result: "pass".into(),
+        figures: format!(
+            "members declared down: 0; {ok} requests answered, {failed} failed (curl, 5 s limit, no retry)"
+        ),
+    });
+
+    // Freeze one member past its suspicion timeout, then let it run again.
+    let frozen = nodes[4].clone();
+    lab.signal(&frozen.name, "STOP");
+    let (_, declared) = wait_for(
+        "the frozen member declared down",
+        Duration::from_secs(30),
+        || {
+            nodes[..4]
+                .iter()
+                .all(|h| {
+                    status(&lab, h)["mesh"]["down"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|x| x == frozen.name.as_str()))
+                })
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    lab.signal(&frozen.name, "CONT");
+    let (_, rejoined) = wait_for("the frozen member back everywhere", HEAL_BOUND, || {
+        sees_all(&lab).then_some(())
+    });
+    report(&Row {
+        scenario: "7. frozen member (SIGSTOP past suspicion, then SIGCONT)".into(),
+        invariant: "declared down, then rejoins without action".into(),
+        result: "pass".into(),
+        figures: format!(
+            "declared down by all in {:.1} s; back in every view {:.2} s after SIGCONT (bound {HEAL_BOUND:?})",
+            declared.as_secs_f64(),
+            rejoined.as_secs_f64()
         ),
     });
 }
