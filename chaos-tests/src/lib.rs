@@ -3,6 +3,14 @@
 //! Real processes run in the hosts (`ip netns exec`); faults come from the kernel (nftables
 //! rules in a host's namespace) and from signals. Everything is removed on drop, also when a
 //! test fails. Needs root (CI runs as root), iproute2 and nftables.
+//!
+//! Rust code of a test runs inside a host too: [`Lab::runtime`] gives a tokio runtime whose
+//! threads have entered the host's namespace, so the load client ([`load`]), the task
+//! backends ([`tasks`]) and the AWS fault proxy ([`aws::FaultProxy`]) open their sockets there.
+
+pub mod aws;
+pub mod load;
+pub mod tasks;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -78,7 +86,8 @@ impl Lab {
         }
     }
 
-    /// Adds a host at 10.77.0.`last` on the bridge.
+    /// Adds a host at 10.77.0.`last` on the bridge (prefix /16: further addresses of the lab,
+    /// such as ECS task addresses in 10.77.1.0/24, are on the same link).
     pub fn host(&mut self, name: &str, last: u8) -> Host {
         let ns = format!("em-{}-{name}", self.tag);
         let (outer, inner) = (
@@ -110,7 +119,7 @@ impl Lab {
             "br0",
             "up",
         ]);
-        let addr = format!("10.77.0.{last}/24");
+        let addr = format!("10.77.0.{last}/16");
         ip(&["-n", &ns, "addr", "add", &addr, "dev", &inner]);
         ip(&["-n", &ns, "link", "set", &inner, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -237,6 +246,72 @@ impl Lab {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A tokio runtime whose threads live in `host`'s network namespace. Run work on it with
+    /// [`NsRuntime::run`] or `spawn`: a future polled by `block_on` itself would run on the
+    /// caller's thread, outside the namespace.
+    pub fn runtime(&self, host: &Host) -> NsRuntime {
+        let path = format!("/var/run/netns/{}", host.ns);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || enter(&path))
+            .build()
+            .unwrap();
+        NsRuntime { rt }
+    }
+
+    /// Adds `ip`/16 to `host` (for example an ECS task's address).
+    pub fn add_addr(&self, host: &Host, ip: std::net::IpAddr) {
+        let iface = self.iface(host);
+        let addr = format!("{ip}/16");
+        let out = self.exec(host, "ip", &["addr", "add", &addr, "dev", &iface]);
+        assert!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
+            "ip addr add {addr} in {}: {}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The name of `host`'s link to the bridge, inside its namespace.
+    pub fn iface(&self, host: &Host) -> String {
+        format!("i{}{}", self.tag, host.ip.octets()[3])
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path` (`setns(2)`).
+fn enter(path: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: setns on a valid namespace fd; it affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// See [`Lab::runtime`].
+pub struct NsRuntime {
+    rt: tokio::runtime::Runtime,
+}
+
+impl NsRuntime {
+    /// Runs `f` on a thread of the namespace and waits for it.
+    pub fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.block_on(self.rt.spawn(f)).expect("task panicked")
+    }
+
+    /// Starts `f` in the namespace and returns at once.
+    pub fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.spawn(f)
     }
 }
 

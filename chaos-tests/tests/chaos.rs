@@ -2,12 +2,18 @@
 //! prints and appends its row to the chaos report (see `edgemesh_chaos_tests::report`).
 //! Skipped, saying why, where namespaces cannot be made (not root).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use edgemesh_chaos_tests::{available, report, wait_for, Host, Lab, Row};
+use aws_sdk_ecs::types::NetworkMode;
+use aws_sdk_route53::types::RrType;
+use edgemesh_chaos_tests::aws::{aws_env, Aws, FaultProxy, FAIL_500, PASS, THROTTLE};
+use edgemesh_chaos_tests::load::{HttpLoad, TcpStream};
+use edgemesh_chaos_tests::tasks::{Follower, Kind, Service};
+use edgemesh_chaos_tests::{available, report, wait_for, Host, Lab, NsRuntime, Row};
 
 /// After a partition heals, the record and every member's view are whole within this.
 const HEAL_BOUND: Duration = Duration::from_secs(15);
@@ -28,17 +34,16 @@ fn bin(name: &str) -> PathBuf {
     root.join("target/debug").join(name)
 }
 
-/// A member's config: `zone` adds the DNS entrypoint, `backend` (ip:port) the pool's
-/// endpoint.
+/// A member's config: `zone` adds the DNS entrypoint; `pools` is the TOML of its routes and
+/// pools (see [`static_pool`], [`ECS_POOLS`]).
 fn node_config(
     lab: &Lab,
     h: &Host,
     key: &str,
     seed: &Host,
     zone: Option<&str>,
-    backend: Option<&str>,
+    pools: &str,
 ) -> PathBuf {
-    let endpoints = backend.map_or(String::new(), |b| format!("\"{b}\""));
     let entrypoint = zone.map_or(String::new(), |zone| {
         format!(
             "[entrypoint]\ndebounce_ms = 300\ncheck_secs = 2\n\n[[entrypoint.records]]\nhosted_zone_id = \"{zone}\"\nname = \"mesh.edge.test\"\nttl = 5\n"
@@ -69,14 +74,7 @@ name = "web"
 addr = "{ip}:8080"
 kind = "http"
 
-[[routes]]
-hosts = ["*"]
-pool = "app"
-tls = false
-
-[pools.app]
-endpoints = [{endpoints}]
-
+{pools}
 {entrypoint}
 "#,
         data = lab.path().join(format!("data-{}", h.name)).display(),
@@ -88,6 +86,40 @@ endpoints = [{endpoints}]
     std::fs::write(&path, toml).unwrap();
     path
 }
+
+/// Every host to one pool of fixed endpoints (`ip:port`, may be empty).
+fn static_pool(endpoints: &[&str]) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[[routes]]\nhosts = [\"*\"]\npool = \"app\"\ntls = false\n\n[pools.app]\nendpoints = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// The ECS services as pools: `web.test` to the web tasks (HTTP, port 8000) and a TCP
+/// listener on 9000 to the echo tasks (port 9000); the leader polls ECS every second.
+const ECS_POOLS: &str = r#"
+[ecs]
+cluster = "edge"
+poll_interval_secs = 1
+
+[[listeners]]
+name = "echo"
+addr = "0.0.0.0:9000"
+kind = "tcp"
+pool = "echo"
+
+[[routes]]
+hosts = ["web.test"]
+pool = "web"
+tls = false
+
+[pools.web]
+ecs = { service = "web" }
+
+[pools.echo]
+ecs = { service = "echo" }
+"#;
 
 /// A cluster key file from `meshctl keygen`.
 fn key_file(lab: &Lab, name: &str) -> String {
@@ -127,6 +159,36 @@ fn route53(
         args.extend(["--data-binary", b]);
     }
     String::from_utf8_lossy(&lab.exec(client, "curl", &args).stdout).to_string()
+}
+
+/// moto (with edgemesh's ECS patches) in `aws` on port 5000, and a hosted zone `edge.test`:
+/// its id.
+fn start_moto(lab: &mut Lab, aws: &Host, client: &Host) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/moto_ecs.py");
+    lab.spawn(
+        aws,
+        "moto",
+        "python3",
+        &[script, "5000", "--host", &aws.ip.to_string()],
+        &[],
+    );
+    wait_for("moto", Duration::from_secs(30), || {
+        let xml = route53(
+            lab,
+            client,
+            aws,
+            "POST",
+            "hostedzone",
+            Some("<?xml version=\"1.0\" encoding=\"UTF-8\"?><CreateHostedZoneRequest xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Name>edge.test.</Name><CallerReference>chaos</CallerReference></CreateHostedZoneRequest>"),
+        );
+        let id = xml
+            .split("<Id>/hostedzone/")
+            .nth(1)?
+            .split("</Id>")
+            .next()?;
+        Some(id.to_string())
+    })
+    .0
 }
 
 /// The A record `mesh.edge.test` as moto holds it.
@@ -176,41 +238,12 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
     let aws = lab.host("aws", 200);
     let client = lab.host("client", 250);
     let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/moto_ecs.py");
-    lab.spawn(
-        &aws,
-        "moto",
-        "python3",
-        &[script, "5000", "--host", &aws.ip.to_string()],
-        &[],
-    );
-    let (zone, _) = wait_for("moto", Duration::from_secs(30), || {
-        let xml = route53(
-            &lab,
-            &client,
-            &aws,
-            "POST",
-            "hostedzone",
-            Some("<?xml version=\"1.0\" encoding=\"UTF-8\"?><CreateHostedZoneRequest xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Name>edge.test.</Name><CallerReference>chaos</CallerReference></CreateHostedZoneRequest>"),
-        );
-        let id = xml
-            .split("<Id>/hostedzone/")
-            .nth(1)?
-            .split("</Id>")
-            .next()?;
-        Some(id.to_string())
-    });
+    let zone = start_moto(&mut lab, &aws, &client);
     let key = key_file(&lab, "cluster.key");
-    let env = vec![
-        ("AWS_ENDPOINT_URL", format!("http://{}:5000", aws.ip)),
-        ("AWS_ACCESS_KEY_ID", "chaos".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "chaos".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-    ];
+    let env = aws_env(SocketAddr::new(aws.ip.into(), 5000));
     let edgemesh = bin("edgemesh").display().to_string();
     for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], Some(&zone), None);
+        let cfg = node_config(&lab, h, &key, &nodes[0], Some(&zone), &static_pool(&[]));
         lab.spawn(
             h,
             &h.name,
@@ -222,7 +255,14 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
     // An intruder on the same network, seeded with a member's address, with another key.
     let intruder = lab.host("intruder", 66);
     let other_key = key_file(&lab, "other.key");
-    let cfg = node_config(&lab, &intruder, &other_key, &nodes[0], Some(&zone), None);
+    let cfg = node_config(
+        &lab,
+        &intruder,
+        &other_key,
+        &nodes[0],
+        Some(&zone),
+        &static_pool(&[]),
+    );
     lab.spawn(
         &intruder,
         "intruder",
@@ -400,7 +440,7 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
     let edgemesh = bin("edgemesh").display().to_string();
     let upstream = format!("{}:8000", backend.ip);
     for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], None, Some(&upstream));
+        let cfg = node_config(&lab, h, &key, &nodes[0], None, &static_pool(&[&upstream]));
         lab.spawn(
             h,
             &h.name,
@@ -510,4 +550,418 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
             rejoined.as_secs_f64()
         ),
     });
+}
+
+/// The pool `name`'s endpoints as member `h` routes them.
+fn pool(lab: &Lab, h: &Host, name: &str) -> BTreeSet<String> {
+    status(lab, h)["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .flat_map(|p| p["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["addr"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn routed_everywhere(lab: &Lab, nodes: &[Host], name: &str, want: &BTreeSet<String>) -> bool {
+    nodes.iter().all(|h| pool(lab, h, name) == *want)
+}
+
+fn acting_leader(lab: &Lab, nodes: &[Host]) -> Option<Host> {
+    nodes
+        .iter()
+        .find(|h| status(lab, h)["mesh"]["election"]["acting"] == true)
+        .cloned()
+}
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Keeps the load's targets equal to what `mesh.edge.test` holds (port 8080), re-read every
+/// 200 ms like a client honouring a short TTL; records when each address left the record.
+fn follow_record(
+    rt: &NsRuntime,
+    aws: Arc<Aws>,
+    zone: String,
+    targets: Arc<Mutex<Vec<SocketAddr>>>,
+) -> Arc<Mutex<BTreeMap<String, Instant>>> {
+    let left = Arc::new(Mutex::new(BTreeMap::new()));
+    let out = left.clone();
+    rt.spawn(async move {
+        let mut last = BTreeSet::new();
+        // Until the load that owns the targets is gone.
+        while Arc::strong_count(&targets) > 1 {
+            let now = aws.record(&zone, "mesh.edge.test.", RrType::A).await;
+            if !now.is_empty() {
+                for gone in last.difference(&now) {
+                    left.lock().unwrap().insert(gone.clone(), Instant::now());
+                }
+                *targets.lock().unwrap() = now
+                    .iter()
+                    .filter_map(|ip| format!("{ip}:8080").parse().ok())
+                    .collect();
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    out
+}
+
+/// Scenarios 1, 2, 9 and 6 in one lab: five members route ECS services (moto) whose tasks
+/// run in the lab; members reach AWS through a fault proxy; a client in its own namespace
+/// follows the DNS record and counts every request and byte.
+#[test]
+fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
+    if let Err(why) = available() {
+        eprintln!("SKIPPED: network namespaces unavailable here ({why})");
+        return;
+    }
+    let changes = env_secs("CHAOS_TOPOLOGY_CHANGES", 100) as usize;
+    let fault_secs = env_secs("CHAOS_AWS_FAULT_SECS", 120);
+    let mut lab = Lab::new("ec");
+    let aws_host = lab.host("aws", 200);
+    let client = lab.host("client", 250);
+    let tasks = lab.host("tasks", 150);
+    let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
+    let zone = start_moto(&mut lab, &aws_host, &client);
+    let moto = SocketAddr::new(aws_host.ip.into(), 5000);
+
+    // ECS: a cluster, a task subnet 10.77.1.0/24, web (3 tasks) and echo (1 task), awsvpc.
+    let tasks_rt = lab.runtime(&tasks);
+    let aws = Arc::new(tasks_rt.run(Aws::new(moto, "10.77.0.150")));
+    let (subnet, sg) = tasks_rt.run({
+        let aws = aws.clone();
+        async move {
+            let (subnets, sg) = aws
+                .network("10.77.0.0/16", &["10.77.0.0/24", "10.77.1.0/24"])
+                .await;
+            aws.instance(&subnets[0], "10.77.0.150").await;
+            let web = aws
+                .task_def("web", NetworkMode::Awsvpc, &[("web", 8000)])
+                .await;
+            let echo = aws
+                .task_def("echo", NetworkMode::Awsvpc, &[("echo", 9000)])
+                .await;
+            aws.service("web", &web, 3, Some((&subnets[1], &sg))).await;
+            aws.service("echo", &echo, 1, Some((&subnets[1], &sg)))
+                .await;
+            (subnets[1].clone(), sg)
+        }
+    });
+    let follower = Follower::start(
+        &tasks_rt,
+        aws.clone(),
+        tasks.ns.clone(),
+        lab.iface(&tasks),
+        vec![
+            Service {
+                name: "web".into(),
+                container: "web".into(),
+                port: 8000,
+                kind: Kind::Http,
+            },
+            Service {
+                name: "echo".into(),
+                container: "echo".into(),
+                port: 9000,
+                kind: Kind::Echo,
+            },
+        ],
+        Duration::from_secs(3),
+    );
+    let aws_rt = lab.runtime(&aws_host);
+    let proxy = aws_rt.run(FaultProxy::start_on(
+        SocketAddr::new(aws_host.ip.into(), 5001),
+        moto,
+    ));
+
+    let key = key_file(&lab, "cluster.key");
+    let env = aws_env(proxy.addr);
+    let edgemesh = bin("edgemesh").display().to_string();
+    for h in &nodes {
+        let cfg = node_config(&lab, h, &key, &nodes[0], Some(&zone), ECS_POOLS);
+        lab.spawn(
+            h,
+            &h.name,
+            &edgemesh,
+            &["--config", &cfg.display().to_string()],
+            &env,
+        );
+    }
+    let web_tasks = |aws: &Arc<Aws>| {
+        let aws = aws.clone();
+        tasks_rt.run(async move { aws.endpoints("web", "web", 8000).await })
+    };
+    let web_now: BTreeSet<String> = web_tasks(&aws).values().map(|a| a.to_string()).collect();
+    wait_for(
+        "every member routes the web tasks",
+        Duration::from_secs(60),
+        || routed_everywhere(&lab, &nodes, "web", &web_now).then_some(()),
+    );
+
+    // 1. Rolling deployments (every task replaced) under load that follows the record.
+    let client_rt = lab.runtime(&client);
+    let dns = Arc::new(client_rt.run(Aws::new(moto, "10.77.0.250")));
+    let load = HttpLoad::start(&client_rt, "web.test", Vec::new(), 8);
+    let left = follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
+    wait_for("the record holds all five", Duration::from_secs(60), || {
+        (load.targets().lock().unwrap().len() == 5).then_some(())
+    });
+    wait_for("load flowing", Duration::from_secs(20), || {
+        (load.ok() > 100).then_some(())
+    });
+    let deploys = 3;
+    let mut converge = Vec::new();
+    let mut before = web_now.clone();
+    for rev in 0..deploys {
+        tasks_rt.run({
+            let aws = aws.clone();
+            async move {
+                let td = aws
+                    .task_def("web", NetworkMode::Awsvpc, &[("web", 8000)])
+                    .await;
+                aws.deploy("web", &td).await;
+            }
+        });
+        let now: BTreeSet<String> = web_tasks(&aws).values().map(|a| a.to_string()).collect();
+        assert!(
+            now.len() == 3 && now.is_disjoint(&before),
+            "deployment {rev} replaced every task: {before:?} -> {now:?}"
+        );
+        before = now.clone();
+        let (_, took) = wait_for(
+            "every member routes the new revision",
+            Duration::from_secs(30),
+            || routed_everywhere(&lab, &nodes, "web", &now).then_some(()),
+        );
+        converge.push(took.as_secs_f64());
+        // Let the old tasks finish their shutdown under load before the next deployment.
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    let errors = load.errors();
+    let (ok, failed, bytes, secs) = load.finish(&client_rt);
+    assert_eq!(failed, 0, "failed requests during deployments: {errors:#?}");
+    report(&Row {
+        scenario: format!("1. {deploys} rolling ECS deployments (3 tasks replaced each)"),
+        invariant: "zero failed requests".into(),
+        result: "pass".into(),
+        figures: format!(
+            "{ok} requests, {failed} failed, {bytes} body bytes in {secs:.0} s (8 keep-alive clients following DNS); new tasks routed by all 5 members in {} s",
+            converge
+                .iter()
+                .map(|s| format!("{s:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+    });
+
+    // 2. A long-lived TCP stream through a member that does not lead, while the echo
+    // service's tasks change `changes` times and the leader is killed halfway.
+    let leader = acting_leader(&lab, &nodes).expect("a leader");
+    let entry = nodes
+        .iter()
+        .find(|h| h.name != leader.name)
+        .unwrap()
+        .clone();
+    let echo_first = pool(&lab, &entry, "echo");
+    assert_eq!(echo_first.len(), 1, "one echo task: {echo_first:?}");
+    let stream = TcpStream::start(&client_rt, SocketAddr::new(entry.ip.into(), 9000), 1 << 20);
+    wait_for("the stream flowing", Duration::from_secs(10), || {
+        (stream.progress().1 > 0).then_some(())
+    });
+    let mut alive = nodes.clone();
+    let mut extra: Option<String> = None;
+    let mut failover = None;
+    let started = Instant::now();
+    for change in 0..changes {
+        if change == changes / 2 {
+            let l = acting_leader(&lab, &alive).expect("a leader");
+            lab.signal(&l.name, "KILL");
+            alive.retain(|h| h.name != l.name);
+            failover = Some(l.name.clone());
+        }
+        let id = tasks_rt.run({
+            let (aws, extra, subnet, sg) = (aws.clone(), extra.take(), subnet.clone(), sg.clone());
+            async move {
+                match extra {
+                    Some(id) => {
+                        aws.stop_task(&id).await;
+                        None
+                    }
+                    None => {
+                        let td = aws
+                            .task_def("echo", NetworkMode::Awsvpc, &[("echo", 9000)])
+                            .await;
+                        Some(aws.run_task("echo", &td, &subnet, &sg).await)
+                    }
+                }
+            }
+        });
+        let want = if id.is_some() { 2 } else { 1 };
+        extra = id;
+        wait_for(
+            &format!("topology change {change} at {}", entry.name),
+            Duration::from_secs(20),
+            || (pool(&lab, &entry, "echo").len() == want).then_some(()),
+        );
+        assert!(
+            !stream.is_finished(),
+            "the stream ended at change {change}: {:?}",
+            stream.progress()
+        );
+    }
+    let took = started.elapsed();
+    let moved = stream.finish(&client_rt);
+    assert_eq!(moved.fault, None, "stream: {moved:?}");
+    assert_eq!(moved.sent_fnv, moved.received_fnv);
+    report(&Row {
+        scenario: format!("2. long-lived TCP stream through {changes} topology changes and a leader kill -9"),
+        invariant: "the stream survives; every byte comes back".into(),
+        result: "pass".into(),
+        figures: format!(
+            "{} bytes sent, {} echoed and compared byte by byte (FNV-1a {:016x} both ways), 0 lost, in {:.0} s; changes seen by the entry member {:.1} s apart on average; leader {} killed at change {}",
+            moved.sent,
+            moved.received,
+            moved.sent_fnv,
+            moved.secs,
+            took.as_secs_f64() / changes as f64,
+            failover.unwrap_or_default(),
+            changes / 2
+        ),
+    });
+
+    // 9. AWS throttling and server errors for minutes: every member keeps routing the last
+    // good topology and no request fails; afterwards a change is followed again.
+    let web_last: BTreeSet<String> = web_tasks(&aws).values().map(|a| a.to_string()).collect();
+    wait_for(
+        "the record holds the four survivors",
+        Duration::from_secs(30),
+        || (dns_len(&client_rt, &dns, &zone) == alive.len()).then_some(()),
+    );
+    let load = HttpLoad::start(&client_rt, "web.test", Vec::new(), 8);
+    let _left9 = follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
+    let fault_start = Instant::now();
+    let mut checks = 0;
+    while fault_start.elapsed() < Duration::from_secs(fault_secs) {
+        // Alternate 20 s of throttling with 10 s of 500s.
+        let phase = fault_start.elapsed().as_secs() % 30;
+        proxy.set(if phase < 20 { THROTTLE } else { FAIL_500 });
+        for h in &alive {
+            assert_eq!(pool(&lab, h, "web"), web_last, "{} lost its routes", h.name);
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let injected = proxy.faults.load(std::sync::atomic::Ordering::Relaxed);
+    proxy.set(PASS);
+    let errors = load.errors();
+    let (ok, failed, _, secs) = load.finish(&client_rt);
+    assert_eq!(failed, 0, "failed requests while AWS failed: {errors:#?}");
+    assert!(injected > 0, "no fault was injected");
+    tasks_rt.run({
+        let aws = aws.clone();
+        async move { aws.scale("web", 4).await }
+    });
+    let web4: BTreeSet<String> = web_tasks(&aws).values().map(|a| a.to_string()).collect();
+    // The poller backs off up to 60 s (jittered) while AWS fails, so the first poll after
+    // recovery may be that far away.
+    let (_, recovered) = wait_for(
+        "a scale-up after AWS recovers",
+        Duration::from_secs(75),
+        || routed_everywhere(&lab, &alive, "web", &web4).then_some(()),
+    );
+    report(&Row {
+        scenario: format!("9. AWS throttling and 500s for {fault_secs} s"),
+        invariant: "routing keeps the last good topology".into(),
+        result: "pass".into(),
+        figures: format!(
+            "{injected} AWS calls failed by the proxy; routes unchanged on {} members in {checks} checks; {ok} requests, {failed} failed in {secs:.0} s; a scale-up after recovery routed everywhere in {:.1} s (poll back-off cap 60 s)",
+            alive.len(),
+            recovered.as_secs_f64()
+        ),
+    });
+
+    // 6. SIGTERM drain of a member under load that follows DNS.
+    let load = HttpLoad::start(&client_rt, "web.test", Vec::new(), 8);
+    let left = {
+        drop(left);
+        follow_record(&client_rt, dns.clone(), zone.clone(), load.targets())
+    };
+    wait_for("load on the survivors", Duration::from_secs(20), || {
+        (load.targets().lock().unwrap().len() == alive.len() && load.ok() > 200).then_some(())
+    });
+    let leader = acting_leader(&lab, &alive).expect("a leader");
+    let drained = alive
+        .iter()
+        .find(|h| h.name != leader.name)
+        .unwrap()
+        .clone();
+    let refused = probe_until_refused(&client_rt, SocketAddr::new(drained.ip.into(), 8080));
+    let term = Instant::now();
+    lab.signal(&drained.name, "TERM");
+    let (stopped_accepting, _) = wait_for(
+        "the drained member refuses",
+        Duration::from_secs(30),
+        || *refused.lock().unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let errors = load.errors();
+    let (ok, failed, _, _) = load.finish(&client_rt);
+    let out_of_dns = left
+        .lock()
+        .unwrap()
+        .get(&drained.ip.to_string())
+        .copied()
+        .expect("the drained member left the record");
+    assert_eq!(failed, 0, "failed requests during the drain: {errors:#?}");
+    assert!(
+        out_of_dns < stopped_accepting,
+        "left DNS {:?} after SIGTERM but stopped accepting at {:?}",
+        out_of_dns - term,
+        stopped_accepting - term
+    );
+    report(&Row {
+        scenario: "6. SIGTERM drain of a member under load".into(),
+        invariant: "zero failed requests; it leaves DNS before it stops accepting".into(),
+        result: "pass".into(),
+        figures: format!(
+            "out of DNS {:.1} s after SIGTERM, stopped accepting at {:.1} s; {ok} requests, {failed} failed",
+            (out_of_dns - term).as_secs_f64(),
+            (stopped_accepting - term).as_secs_f64()
+        ),
+    });
+    follower.stop(&tasks_rt);
+}
+
+fn dns_len(rt: &NsRuntime, dns: &Arc<Aws>, zone: &str) -> usize {
+    let (dns, zone) = (dns.clone(), zone.to_string());
+    rt.run(async move { dns.record(&zone, "mesh.edge.test.", RrType::A).await.len() })
+}
+
+/// Connects to `addr` every 100 ms; the cell holds the moment a connection was first refused.
+fn probe_until_refused(rt: &NsRuntime, addr: SocketAddr) -> Arc<Mutex<Option<Instant>>> {
+    let cell = Arc::new(Mutex::new(None));
+    let out = cell.clone();
+    rt.spawn(async move {
+        loop {
+            let refused = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .map_or(true, |r| r.is_err());
+            if refused {
+                *cell.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    out
 }

@@ -47,19 +47,7 @@ async fn a_record(aws: &Aws, zone: &str) -> BTreeSet<String> {
 }
 
 async fn record(aws: &Aws, zone: &str, rtype: RrType) -> BTreeSet<String> {
-    let out = aws
-        .route53
-        .list_resource_record_sets()
-        .hosted_zone_id(zone)
-        .send()
-        .await
-        .unwrap();
-    out.resource_record_sets()
-        .iter()
-        .filter(|r| r.name() == "mesh.edge.test." && *r.r#type() == rtype)
-        .flat_map(|r| r.resource_records())
-        .map(|v| v.value().to_string())
-        .collect()
+    aws.record(zone, "mesh.edge.test.", rtype).await
 }
 
 /// The template's variables: cluster key in `dir`, the backend, the hosted zone; seeds, id
