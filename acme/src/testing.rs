@@ -2,6 +2,7 @@
 //! end-to-end suite (feature `testing`). Its challenge server's DNS answers every name with
 //! 127.0.0.1, so HTTP-01 validations reach `http_port` on loopback.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,8 +58,8 @@ impl Drop for Pebble {
     }
 }
 
-/// A CA and a leaf for pebble's own HTTPS (localhost, 127.0.0.1): PEM files in `dir`.
-fn pebble_tls(dir: &Path) {
+/// A CA and a leaf for pebble's own HTTPS (localhost, `ip`): PEM files in `dir`.
+fn pebble_tls(dir: &Path, ip: IpAddr) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -67,7 +68,7 @@ fn pebble_tls(dir: &Path) {
         .push(rcgen::DnType::CommonName, "edgemesh test: pebble's TLS CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), ip.to_string()])
         .unwrap()
         .signed_by(&key, &ca_cert, &ca_key)
         .unwrap();
@@ -85,8 +86,21 @@ impl Pebble {
     /// As [`Pebble::start`], with `extra` merged into pebble's configuration (for example
     /// `externalAccountBindingRequired` and `externalAccountMACKeys`).
     pub fn start_with(http_port: u16, env: &[(&str, &str)], extra: serde_json::Value) -> Pebble {
+        Pebble::start_on(Ipv4Addr::LOCALHOST.into(), http_port, env, extra, None)
+    }
+
+    /// As [`Pebble::start_with`], listening on `ip` (which must be an address of the calling
+    /// thread's network namespace; the processes start in it), with the challenge server's
+    /// DNS answering every name with `default_ipv4` (None: 127.0.0.1) for HTTP-01.
+    pub fn start_on(
+        ip: IpAddr,
+        http_port: u16,
+        env: &[(&str, &str)],
+        extra: serde_json::Value,
+        default_ipv4: Option<Ipv4Addr>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
-        pebble_tls(dir.path());
+        pebble_tls(dir.path(), ip);
         let (acme, mgmt, tls, dns, chall_mgmt) = (
             free_port(),
             free_port(),
@@ -95,8 +109,8 @@ impl Pebble {
             free_port(),
         );
         let config = serde_json::json!({ "pebble": {
-            "listenAddress": format!("127.0.0.1:{acme}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "listenAddress": SocketAddr::new(ip, acme),
+            "managementListenAddress": SocketAddr::new(ip, mgmt),
             "certificate": dir.path().join("cert.pem"),
             "privateKey": dir.path().join("key.pem"),
             "httpPort": http_port,
@@ -124,7 +138,9 @@ impl Pebble {
                 "-tlsalpn01",
                 "",
                 "-management",
-                &format!("127.0.0.1:{chall_mgmt}"),
+                &SocketAddr::new(ip, chall_mgmt).to_string(),
+                "-defaultIPv4",
+                &default_ipv4.unwrap_or(Ipv4Addr::LOCALHOST).to_string(),
                 "-defaultIPv6",
                 "",
             ])
@@ -146,10 +162,10 @@ impl Pebble {
         let pebble = cmd.spawn().expect("pebble");
         let p = Pebble {
             children: vec![chall, pebble],
-            directory: format!("https://127.0.0.1:{acme}/dir"),
+            directory: format!("https://{}/dir", SocketAddr::new(ip, acme)),
             root: dir.path().join("ca.pem"),
-            management: std::net::SocketAddr::from(([127, 0, 0, 1], mgmt)),
-            challenge_management: std::net::SocketAddr::from(([127, 0, 0, 1], chall_mgmt)),
+            management: SocketAddr::new(ip, mgmt),
+            challenge_management: SocketAddr::new(ip, chall_mgmt),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -157,7 +173,7 @@ impl Pebble {
         // challenge server's (TXT records). pebble opens them one after another.
         while [acme, mgmt, chall_mgmt]
             .iter()
-            .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
+            .any(|p| std::net::TcpStream::connect((ip, *p)).is_err())
         {
             assert!(Instant::now() < deadline, "pebble did not start");
             std::thread::sleep(Duration::from_millis(50));

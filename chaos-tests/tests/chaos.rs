@@ -10,10 +10,24 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::NetworkMode;
 use aws_sdk_route53::types::RrType;
+use edgemesh_acme::testing::Pebble;
 use edgemesh_chaos_tests::aws::{aws_env, Aws, FaultProxy, FAIL_500, PASS, THROTTLE};
 use edgemesh_chaos_tests::load::{HttpLoad, TcpStream};
 use edgemesh_chaos_tests::tasks::{Follower, Kind, Service};
 use edgemesh_chaos_tests::{available, report, wait_for, Host, Lab, NsRuntime, Row};
+
+/// Whether this machine can build labs, holding the lock that runs one scenario at a time:
+/// ten debug-build members on two cores already fill the machine, and a second lab beside it
+/// would distort the timings a scenario reports (and could starve a member into a false
+/// failure detection).
+fn lab_or_skip() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static ONE: Mutex<()> = Mutex::new(());
+    if let Err(why) = available() {
+        eprintln!("SKIPPED: network namespaces unavailable here ({why})");
+        return None;
+    }
+    Some(ONE.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 /// After a partition heals, the record and every member's view are whole within this.
 const HEAL_BOUND: Duration = Duration::from_secs(15);
@@ -226,14 +240,10 @@ fn status(lab: &Lab, h: &Host) -> serde_json::Value {
 
 #[test]
 fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
-    if let Err(why) = available() {
-        eprintln!("SKIPPED: network namespaces unavailable here ({why})");
+    let Some(_one_at_a_time) = lab_or_skip() else {
         return;
-    }
-    let partition_secs: u64 = std::env::var("CHAOS_PARTITION_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    };
+    let partition_secs = env_secs("CHAOS_PARTITION_SECS", 60);
     let mut lab = Lab::new("pt");
     let aws = lab.host("aws", 200);
     let client = lab.host("client", 250);
@@ -411,14 +421,10 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
 
 #[test]
 fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
-    if let Err(why) = available() {
-        eprintln!("SKIPPED: network namespaces unavailable here ({why})");
+    let Some(_one_at_a_time) = lab_or_skip() else {
         return;
-    }
-    let loss_secs: u64 = std::env::var("CHAOS_LOSS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    };
+    let loss_secs = env_secs("CHAOS_LOSS_SECS", 60);
     let mut lab = Lab::new("ls");
     let backend = lab.host("backend", 100);
     let client = lab.host("client", 250);
@@ -575,11 +581,14 @@ fn acting_leader(lab: &Lab, nodes: &[Host]) -> Option<Host> {
         .cloned()
 }
 
+/// A scenario's length: `name` from the environment, else `default`, ten times longer with
+/// `CHAOS_SOAK=1` (the soak variant, not run in CI).
 fn env_secs(name: &str, default: u64) -> u64 {
+    let soak = std::env::var("CHAOS_SOAK").is_ok_and(|v| v == "1");
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or(if soak { default * 10 } else { default })
 }
 
 /// Keeps the load's targets equal to what `mesh.edge.test` holds (port 8080), re-read every
@@ -618,10 +627,9 @@ fn follow_record(
 /// follows the DNS record and counts every request and byte.
 #[test]
 fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
-    if let Err(why) = available() {
-        eprintln!("SKIPPED: network namespaces unavailable here ({why})");
+    let Some(_one_at_a_time) = lab_or_skip() else {
         return;
-    }
+    };
     let changes = env_secs("CHAOS_TOPOLOGY_CHANGES", 100) as usize;
     let fault_secs = env_secs("CHAOS_AWS_FAULT_SECS", 120);
     let mut lab = Lab::new("ec");
@@ -964,4 +972,290 @@ fn probe_until_refused(rt: &NsRuntime, addr: SocketAddr) -> Arc<Mutex<Option<Ins
         }
     });
     out
+}
+
+/// Routes `www.edge.test` over HTTPS (8443) to `backend`, with a certificate from the ACME
+/// CA when `acme` (the `[acme]` section) is given.
+fn acme_pools(backend: &str, acme: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"websecure\"\naddr = \"0.0.0.0:8443\"\nkind = \"https\"\n\n[[routes]]\nhosts = [\"www.edge.test\"]\npool = \"app\"\n\n[pools.app]\nendpoints = [\"{backend}\"]\n\n{acme}\n"
+    )
+}
+
+fn metric_at(lab: &Lab, h: &Host, name: &str) -> f64 {
+    let (_, m) = lab.http(h, "GET", "http://127.0.0.1:9901/metrics", None);
+    metric(&m, name)
+}
+
+/// The ACME certificate `h` serves for `www.edge.test` (its not-after), if a TLS client
+/// that trusts only the CA's root (`root`) accepts it.
+fn served_acme(lab: &Lab, client: &Host, h: &Host, root: &str) -> Option<i64> {
+    let resolve = format!("www.edge.test:8443:{}", h.ip);
+    let out = lab.exec(
+        client,
+        "curl",
+        &[
+            "-s",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            root,
+            "--resolve",
+            &resolve,
+            "https://www.edge.test:8443/",
+        ],
+    );
+    if String::from_utf8_lossy(&out.stdout).trim() != "200" {
+        return None;
+    }
+    status(lab, h)["certificates"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["source"] == "acme"
+                && c["names"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|x| x == "www.edge.test"))
+        })?["not_after"]
+        .as_i64()
+}
+
+/// Scenario 3 and the ACME half of 4: pebble in the lab; the leader is killed with
+/// `kill -9` during the first order; then a 3/2 partition while renewals are due.
+#[test]
+fn acme_leader_killed_mid_order_and_a_partitioned_minority_never_orders() {
+    let Some(_one_at_a_time) = lab_or_skip() else {
+        return;
+    };
+    let partition_secs = env_secs("CHAOS_ACME_PARTITION_SECS", 40);
+    let mut lab = Lab::new("ac");
+    let ca = lab.host("ca", 210);
+    let backend = lab.host("backend", 100);
+    let client = lab.host("client", 250);
+    let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
+    lab.spawn(
+        &backend,
+        "backend",
+        "python3",
+        &[
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            &backend.ip.to_string(),
+        ],
+        &[],
+    );
+    let upstream = format!("{}:8000", backend.ip);
+    // pebble validates HTTP-01 on port 8080 of whatever its DNS answers for the name, and
+    // sleeps up to 3 s before each validation, so an order is open for a while.
+    let ca_rt = lab.runtime(&ca);
+    let ca_ip = ca.ip;
+    let pebble = ca_rt.run(async move {
+        Pebble::start_on(
+            ca_ip.into(),
+            8080,
+            &[("PEBBLE_VA_NOSLEEP", "0"), ("PEBBLE_VA_SLEEPTIME", "3")],
+            serde_json::json!({}),
+            None,
+        )
+    });
+    let root = lab.path().join("issuer.pem").display().to_string();
+    let mgmt = format!("https://{}/roots/0", pebble.management);
+    let out = lab.exec(
+        &client,
+        "curl",
+        &[
+            "-s",
+            "--cacert",
+            &pebble.root.display().to_string(),
+            "-o",
+            &root,
+            &mgmt,
+        ],
+    );
+    assert!(out.status.success(), "pebble's root from {mgmt}");
+
+    let key = key_file(&lab, "cluster.key");
+    let edgemesh = bin("edgemesh").display().to_string();
+    let plain = acme_pools(&upstream, "");
+    for h in &nodes {
+        let cfg = node_config(&lab, h, &key, &nodes[0], None, &plain);
+        lab.spawn(
+            h,
+            &h.name,
+            &edgemesh,
+            &["--config", &cfg.display().to_string()],
+            &[],
+        );
+    }
+    let (leader, _) = wait_for("a leader of five", Duration::from_secs(60), || {
+        let l = acting_leader(&lab, &nodes)?;
+        (status(&lab, &l)["mesh"]["members"].as_array()?.len() == 4).then_some(l)
+    });
+    // The validation goes to a member that will survive.
+    let validator = nodes
+        .iter()
+        .find(|h| h.name != leader.name)
+        .unwrap()
+        .clone();
+    let add_a =
+        serde_json::json!({"host": "www.edge.test.", "addresses": [validator.ip.to_string()]});
+    let (code, _) = lab.http(
+        &client,
+        "POST",
+        &format!("http://{}/add-a", pebble.challenge_management),
+        Some(&add_a.to_string()),
+    );
+    assert_eq!(code, 200, "challtestsrv add-a");
+
+    // Turn ACME on everywhere; kill the leader as soon as it has started the order.
+    let acme = |renew: &str| {
+        format!(
+            "[acme]\ndirectory = \"{}\"\nroot_pem = \"{}\"\npropagation_ms = 100\n{renew}",
+            pebble.directory,
+            pebble.root.display()
+        )
+    };
+    let reload_all = |lab: &Lab, nodes: &[Host], acme: &str| {
+        for h in nodes {
+            node_config(lab, h, &key, &nodes[0], None, &acme_pools(&upstream, acme));
+            let (code, body) = lab.http(h, "POST", "http://127.0.0.1:9901/reload", None);
+            assert_eq!(code, 200, "reload {}: {body}", h.name);
+        }
+    };
+    reload_all(&lab, &nodes, &acme(""));
+    wait_for(
+        "the leader starts an order",
+        Duration::from_secs(30),
+        || (metric_at(&lab, &leader, "edgemesh_acme_orders_started_total") >= 1.0).then_some(()),
+    );
+    let issued_before_kill = pebble.issued();
+    lab.signal(&leader.name, "KILL");
+    let alive: Vec<Host> = nodes
+        .iter()
+        .filter(|h| h.name != leader.name)
+        .cloned()
+        .collect();
+    let (_, served) = wait_for(
+        "every surviving member serves the CA's certificate",
+        Duration::from_secs(90),
+        || {
+            alive
+                .iter()
+                .all(|h| served_acme(&lab, &client, h, &root).is_some())
+                .then_some(())
+        },
+    );
+    let issued = pebble.issued();
+    assert_eq!(
+        issued, 1,
+        "certificates issued: {issued} (before the kill: {issued_before_kill})"
+    );
+    let next = acting_leader(&lab, &alive).expect("a new leader");
+    let orders: f64 = alive
+        .iter()
+        .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_started_total"))
+        .sum();
+    let failed_orders: f64 = alive
+        .iter()
+        .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_total{result=\"failed\"}"))
+        .sum();
+    report(&Row {
+        scenario: "3. leader kill -9 during an ACME order (pebble, HTTP-01)".into(),
+        invariant: "exactly one certificate issued; every node serves it".into(),
+        result: "pass".into(),
+        figures: format!(
+            "issued {issued} (pebble's log; {issued_before_kill} when {} was killed); the survivors started {orders} order(s), {failed_orders} failed, {} leading; all 4 survivors served it, verified against pebble's root, {:.1} s after the kill (bound 90 s)",
+            leader.name,
+            next.name,
+            served.as_secs_f64()
+        ),
+    });
+
+    // The killed member comes back (its data directory kept); then a 3/2 partition while
+    // renewals fall due every 15 s: the minority never orders, the majority renews; after
+    // healing every member serves the same certificate.
+    let cfg = lab.path().join(format!("{}.toml", leader.name));
+    lab.spawn(
+        &leader,
+        &format!("{}-again", leader.name),
+        &edgemesh,
+        &["--config", &cfg.display().to_string()],
+        &[],
+    );
+    wait_for("five members again", Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|h| {
+                status(&lab, h)["mesh"]["members"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    == 4
+            })
+            .then_some(())
+    });
+    let alive = nodes.clone();
+    reload_all(&lab, &alive, &acme("renew_after_secs = 15\n"));
+    let (major, minor) = alive.split_at(3);
+    let major: Vec<Host> = major.to_vec();
+    let minor: Vec<Host> = minor.to_vec();
+    let started = |hs: &[Host]| -> f64 {
+        hs.iter()
+            .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_started_total"))
+            .sum()
+    };
+    let minority_before = started(&minor);
+    let issued_before = pebble.issued();
+    lab.partition(
+        &major.iter().chain(std::iter::once(&ca)).collect::<Vec<_>>(),
+        &minor.iter().collect::<Vec<_>>(),
+    );
+    let cut = Instant::now();
+    // A leader cut off on the minority side may act until its quorum lease (1 s) runs out;
+    // from then on no minority member may act.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut minority_acted = false;
+    while cut.elapsed() < Duration::from_secs(partition_secs) {
+        minority_acted |= minor
+            .iter()
+            .any(|h| status(&lab, h)["mesh"]["election"]["acting"] == true);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let minority_orders = started(&minor) - minority_before;
+    let issued_during = pebble.issued() - issued_before;
+    lab.heal();
+    assert!(
+        !minority_acted,
+        "a minority member acted as leader after its lease ran out"
+    );
+    assert_eq!(minority_orders, 0.0, "the minority started orders");
+    assert!(
+        issued_during >= 1,
+        "the majority renewed nothing in {partition_secs} s"
+    );
+    let (_, converged) = wait_for(
+        "every member serves the same certificate",
+        Duration::from_secs(30),
+        || {
+            let served: BTreeSet<Option<i64>> = alive
+                .iter()
+                .map(|h| served_acme(&lab, &client, h, &root))
+                .collect();
+            (served.len() == 1 && !served.contains(&None)).then_some(())
+        },
+    );
+    report(&Row {
+        scenario: format!("4. 3/2 partition for {partition_secs} s with renewals due (ACME)"),
+        invariant: "the minority never orders; all converge after healing".into(),
+        result: "pass".into(),
+        figures: format!(
+            "minority (2 of 5) never led and started 0 orders; the majority renewed {issued_during} time(s); after healing all 5 served one certificate in {:.1} s",
+            converged.as_secs_f64()
+        ),
+    });
 }
