@@ -40,21 +40,7 @@ set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# The chaos scenarios appended one row each to target/chaos-report.md: CHAOS.md keeps its
-# text up to the marker and gets this run's table, in scenario order.
-if [ -s target/chaos-report.md ]; then
-  {
-    sed '/^<!-- table -->$/q' CHAOS.md
-    echo
-    echo "Run of $(date -u +%Y-%m-%d) on $(nproc) cores, kernel $(uname -r), debug build:"
-    echo
-    echo "| scenario | invariant | result | figures |"
-    echo "| --- | --- | --- | --- |"
-    sort -t'|' -k2,2 -b -V -s target/chaos-report.md
-  } > CHAOS.md.new && mv CHAOS.md.new CHAOS.md
-  echo "== chaos scenarios (written to CHAOS.md)"
-  cat target/chaos-report.md
-fi
+scripts/chaos-report.sh
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -47,8 +47,14 @@ fn ip(args: &[&str]) -> Output {
     run(Command::new("ip").args(args))
 }
 
-/// Whether this machine can build a lab (root, `ip netns`, `nft`).
+/// Whether this machine can build a lab (root, `ip netns`, `nft`), probed once per process
+/// (tests probing side by side with one probe name raced: one of them was skipped).
 pub fn available() -> Result<(), String> {
+    static PROBED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe).clone()
+}
+
+fn probe() -> Result<(), String> {
     let probe = format!("emprobe{}", std::process::id() % 100_000);
     let made = Command::new("ip")
         .args(["netns", "add", &probe])
@@ -224,11 +230,47 @@ impl Lab {
         self.nft(host, &rules);
     }
 
-    /// Removes every fault rule.
+    /// Removes every fault rule and rate limit.
     pub fn heal(&self) {
         for h in &self.hosts {
             let _ = self.exec(h, "nft", &["delete", "table", "inet", "emchaos"]);
+            let _ = self.exec(h, "tc", &["qdisc", "del", "dev", &self.iface(h), "root"]);
         }
+    }
+
+    /// Sets `host`'s link to the bridge down or up (its address stays).
+    pub fn link(&self, host: &Host, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let out = self.exec(host, "ip", &["link", "set", &self.iface(host), state]);
+        assert!(out.status.success(), "link {state} in {}", host.name);
+    }
+
+    /// Limits what `host` sends to `rate` (tc's token bucket filter, e.g. "1mbit").
+    pub fn rate_limit(&self, host: &Host, rate: &str) {
+        let out = self.exec(
+            host,
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                &self.iface(host),
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kbit",
+                "latency",
+                "400ms",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "tbf in {}: {}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn nft(&self, host: &Host, rules: &str) {
