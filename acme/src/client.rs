@@ -161,11 +161,7 @@ impl Acme {
         let Some(id) = cert_id(chain_pem) else {
             return Ok(None);
         };
-        let (a, s) = id.split_once('.').expect("cert_id joins two parts");
-        let id = CertificateIdentifier {
-            authority_key_identifier: a.into(),
-            serial: s.into(),
-        };
+        let id = identifier(&id).expect("cert_id joins two parts");
         match self.account.renewal_info(&id).await {
             Ok((info, check_after)) => Ok(Some(RenewalWindow {
                 start: info.suggested_window.start.unix_timestamp(),
@@ -198,6 +194,15 @@ pub fn cert_id(chain_pem: &str) -> Option<String> {
         b64.encode(aki),
         b64.encode(cert.tbs_certificate.raw_serial())
     ))
+}
+
+/// A [`cert_id`] as instant-acme takes it; `None` when it has no dot.
+pub(crate) fn identifier(id: &str) -> Option<CertificateIdentifier<'_>> {
+    let (aki, serial) = id.split_once('.')?;
+    Some(CertificateIdentifier {
+        authority_key_identifier: aki.into(),
+        serial: serial.into(),
+    })
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use instant_acme::{
-    AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
-    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use tracing::info;
 
@@ -255,14 +255,7 @@ async fn new_order(acme: &Acme, spec: &OrderSpec) -> Result<instant_acme::Order,
             None => o,
         }
     };
-    let replaces = spec.replaces.as_deref().and_then(|id| {
-        let (aki, serial) = id.split_once('.')?;
-        Some(CertificateIdentifier {
-            authority_key_identifier: aki.into(),
-            serial: serial.into(),
-        })
-    });
-    if let Some(r) = replaces {
+    if let Some(r) = spec.replaces.as_deref().and_then(crate::client::identifier) {
         match acme.account.new_order(&order().replaces(r)).await {
             // The CA offers no renewal information, so it takes no `replaces` either.
             Err(instant_acme::Error::Unsupported(_)) => {}

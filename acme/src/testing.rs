@@ -108,7 +108,7 @@ impl Pebble {
             free_port(),
             free_port(),
         );
-        let config = serde_json::json!({ "pebble": {
+        let mut config = serde_json::json!({ "pebble": {
             "listenAddress": SocketAddr::new(ip, acme),
             "managementListenAddress": SocketAddr::new(ip, mgmt),
             "certificate": dir.path().join("cert.pem"),
@@ -118,7 +118,6 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
-        let mut config = config;
         if let (Some(p), Some(extra)) = (config["pebble"].as_object_mut(), extra.as_object()) {
             for (k, v) in extra {
                 p.insert(k.clone(), v.clone());

@@ -16,6 +16,19 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// Tasks on their own ENIs in `subnet`, guarded by security group `sg`.
+pub fn awsvpc(subnet: &str, sg: &str) -> NetworkConfiguration {
+    NetworkConfiguration::builder()
+        .awsvpc_configuration(
+            AwsVpcConfiguration::builder()
+                .subnets(subnet)
+                .security_groups(sg)
+                .build()
+                .expect("subnets are set"),
+        )
+        .build()
+}
+
 /// Makes each hosted zone's caller reference unique within a run.
 static CALLER: AtomicU64 = AtomicU64::new(0);
 
@@ -317,17 +330,7 @@ impl Aws {
             .task_definition(td)
             .desired_count(count);
         if let Some((subnet, sg)) = awsvpc {
-            req = req.network_configuration(
-                NetworkConfiguration::builder()
-                    .awsvpc_configuration(
-                        AwsVpcConfiguration::builder()
-                            .subnets(subnet)
-                            .security_groups(sg)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-            );
+            req = req.network_configuration(self::awsvpc(subnet, sg));
         }
         req.send().await.unwrap();
     }
@@ -428,17 +431,7 @@ impl Aws {
             .cluster("edge")
             .task_definition(td)
             .group(format!("service:{service}"))
-            .network_configuration(
-                NetworkConfiguration::builder()
-                    .awsvpc_configuration(
-                        AwsVpcConfiguration::builder()
-                            .subnets(subnet)
-                            .security_groups(sg)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-            )
+            .network_configuration(awsvpc(subnet, sg))
             .send()
             .await
             .unwrap();

@@ -391,6 +391,21 @@ pub fn wait_for<T>(
     }
 }
 
+/// The endpoints (`ip:port`) of pool `name` in a node's `/status` JSON.
+pub fn pool_endpoints(
+    status: &serde_json::Value,
+    name: &str,
+) -> std::collections::BTreeSet<String> {
+    status["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .flat_map(|p| p["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["addr"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// One row of CHAOS.md.
 pub struct Row {
     pub scenario: String,

@@ -2,7 +2,6 @@
 //! request and every byte, so "no failed request" and "no lost byte" are measured. Run it on
 //! a runtime inside the client's namespace ([`crate::Lab::runtime`]).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,8 +24,6 @@ pub struct HttpStats {
     pub bytes: AtomicU64,
     /// The first failures: "+12.3 s 10.77.0.3:8080: reason".
     pub errors: Mutex<Vec<String>>,
-    /// Answers per body (a task id for the lab's task backends).
-    pub by_body: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Workers sending `GET /` with `host` to the current targets, round robin, one request at a
@@ -81,8 +78,6 @@ impl HttpLoad {
                             Ok(body) => {
                                 stats.ok.fetch_add(1, Ordering::Relaxed);
                                 stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                                let key = String::from_utf8_lossy(&body).trim().to_string();
-                                *stats.by_body.lock().unwrap().entry(key).or_default() += 1;
                             }
                             Err(why) => {
                                 stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,15 +80,7 @@ pub struct Service {
     pub kind: Kind,
 }
 
-/// Which tasks a follower started and stopped.
-#[derive(Debug, Default)]
-pub struct Seen {
-    pub started: Vec<String>,
-    pub stopped: Vec<String>,
-}
-
 pub struct Follower {
-    pub seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -104,9 +96,8 @@ impl Follower {
         services: Vec<Service>,
         grace: Duration,
     ) -> Follower {
-        let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let stop2 = stop.clone();
         let task = rt.spawn(async move {
             let mut live: BTreeMap<String, oneshot::Sender<()>> = BTreeMap::new();
             let mut leaving: Vec<(Instant, oneshot::Sender<()>)> = Vec::new();
@@ -125,7 +116,6 @@ impl Follower {
                             .output()
                             .await;
                         live.insert(id.clone(), serve(id.clone(), *addr, *kind).await);
-                        seen2.lock().unwrap().started.push(id.clone());
                     }
                 }
                 let gone: Vec<String> = live
@@ -135,17 +125,12 @@ impl Follower {
                     .collect();
                 for id in gone {
                     leaving.push((Instant::now() + grace, live.remove(&id).unwrap()));
-                    seen2.lock().unwrap().stopped.push(id);
                 }
                 leaving.retain(|(at, _)| *at > Instant::now());
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Follower { seen, stop, task }
-    }
-
-    pub fn started(&self) -> usize {
-        self.seen.lock().unwrap().started.len()
+        Follower { stop, task }
     }
 
     pub fn stop(self, rt: &NsRuntime) {

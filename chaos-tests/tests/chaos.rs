@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,9 @@ use edgemesh_acme::testing::Pebble;
 use edgemesh_chaos_tests::aws::{aws_env, Aws, FaultProxy, FAIL_500, PASS, THROTTLE};
 use edgemesh_chaos_tests::load::{HttpLoad, TcpStream};
 use edgemesh_chaos_tests::tasks::{Follower, Kind, Service};
-use edgemesh_chaos_tests::{available, report, wait_for, Host, Lab, NsRuntime, Row};
+use edgemesh_chaos_tests::{
+    available, pool_endpoints, report, wait_for, Host, Lab, NsRuntime, Row,
+};
 
 /// Whether this machine can build labs, holding the lock that runs one scenario at a time:
 /// ten debug-build members on two cores already fill the machine, and a second lab beside it
@@ -152,38 +154,61 @@ fn key_file(lab: &Lab, name: &str) -> String {
     path.display().to_string()
 }
 
-/// Route53 on moto over plain HTTP from inside `client` (moto reads the service from the
-/// credential scope; it checks no signature).
-fn route53(
-    lab: &Lab,
-    client: &Host,
-    aws: &Host,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> String {
-    let url = format!("http://{}:5000/2013-04-01/{path}", aws.ip);
-    let mut args = vec![
-        "-s",
-        "-m",
-        "5",
-        "-X",
-        method,
-        "-H",
-        "Content-Type: application/xml",
-        "-H",
-        "Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/route53/aws4_request, SignedHeaders=host, Signature=0",
-        &url,
-    ];
-    if let Some(b) = body {
-        args.extend(["--data-binary", b]);
+/// Starts `edgemesh --config cfg` in `host` as process `label`.
+fn spawn_edgemesh(lab: &mut Lab, host: &Host, label: &str, cfg: &Path, env: &[(&str, String)]) {
+    let edgemesh = bin("edgemesh").display().to_string();
+    lab.spawn(
+        host,
+        label,
+        &edgemesh,
+        &["--config", &cfg.display().to_string()],
+        env,
+    );
+}
+
+/// Members in `hosts` (each process named after its host), seeded with `seed`; see
+/// [`node_config`].
+fn start_members(
+    lab: &mut Lab,
+    hosts: &[Host],
+    seed: &Host,
+    key: &str,
+    zone: Option<&str>,
+    pools: &str,
+    env: &[(&str, String)],
+) {
+    for h in hosts {
+        let cfg = node_config(lab, h, key, seed, zone, pools);
+        spawn_edgemesh(lab, h, &h.name, &cfg, env);
     }
-    String::from_utf8_lossy(&lab.exec(client, "curl", &args).stdout).to_string()
+}
+
+/// Python's http.server in `host` on port 8000: its `ip:port`.
+fn start_backend(lab: &mut Lab, host: &Host) -> String {
+    let ip = host.ip.to_string();
+    lab.spawn(
+        host,
+        "backend",
+        "python3",
+        &["-m", "http.server", "8000", "--bind", &ip],
+        &[],
+    );
+    format!("{ip}:8000")
+}
+
+/// Whether every one of `nodes` sees all the others as members.
+fn sees_all(lab: &Lab, nodes: &[Host]) -> bool {
+    nodes.iter().all(|h| {
+        status(lab, h)["mesh"]["members"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == nodes.len() - 1
+    })
 }
 
 /// moto (with edgemesh's ECS patches) in `aws` on port 5000, and a hosted zone `edge.test`:
-/// its id.
-fn start_moto(lab: &mut Lab, aws: &Host, client: &Host) -> String {
+/// its id, and the AWS fixture on `rt` (a runtime inside some lab host).
+fn start_moto(lab: &mut Lab, aws: &Host, rt: &NsRuntime) -> (String, Arc<Aws>) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/moto_ecs.py");
     lab.spawn(
         aws,
@@ -192,44 +217,21 @@ fn start_moto(lab: &mut Lab, aws: &Host, client: &Host) -> String {
         &[script, "5000", "--host", &aws.ip.to_string()],
         &[],
     );
+    let addr = SocketAddr::new(aws.ip.into(), 5000);
     wait_for("moto", Duration::from_secs(30), || {
-        let xml = route53(
-            lab,
-            client,
-            aws,
-            "POST",
-            "hostedzone",
-            Some("<?xml version=\"1.0\" encoding=\"UTF-8\"?><CreateHostedZoneRequest xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Name>edge.test.</Name><CallerReference>chaos</CallerReference></CreateHostedZoneRequest>"),
-        );
-        let id = xml
-            .split("<Id>/hostedzone/")
-            .nth(1)?
-            .split("</Id>")
-            .next()?;
-        Some(id.to_string())
-    })
-    .0
+        rt.run(async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) })
+    });
+    let host = aws.ip.to_string();
+    let fixture = Arc::new(rt.run(async move { Aws::new(addr, &host).await }));
+    let f = fixture.clone();
+    let zone = rt.run(async move { f.hosted_zone("edge.test.").await });
+    (zone, fixture)
 }
 
 /// The A record `mesh.edge.test` as moto holds it.
-fn a_record(lab: &Lab, client: &Host, aws: &Host, zone: &str) -> BTreeSet<String> {
-    let xml = route53(
-        lab,
-        client,
-        aws,
-        "GET",
-        &format!("hostedzone/{zone}/rrset"),
-        None,
-    );
-    let mut out = BTreeSet::new();
-    for set in xml.split("<ResourceRecordSet>").skip(1) {
-        if set.contains("<Name>mesh.edge.test.</Name>") && set.contains("<Type>A</Type>") {
-            for v in set.split("<Value>").skip(1) {
-                out.insert(v.split("</Value>").next().unwrap_or("").to_string());
-            }
-        }
-    }
-    out
+fn a_record(rt: &NsRuntime, aws: &Arc<Aws>, zone: &str) -> BTreeSet<String> {
+    let (aws, zone) = (aws.clone(), zone.to_string());
+    rt.run(async move { aws.record(&zone, "mesh.edge.test.", RrType::A).await })
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -254,42 +256,29 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
     let aws = lab.host("aws", 200);
     let client = lab.host("client", 250);
     let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
-    let zone = start_moto(&mut lab, &aws, &client);
+    let client_rt = lab.runtime(&client);
+    let (zone, fixture) = start_moto(&mut lab, &aws, &client_rt);
     let key = key_file(&lab, "cluster.key");
     let env = aws_env(SocketAddr::new(aws.ip.into(), 5000));
-    let edgemesh = bin("edgemesh").display().to_string();
-    for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], Some(&zone), &static_pool(&[]));
-        lab.spawn(
-            h,
-            &h.name,
-            &edgemesh,
-            &["--config", &cfg.display().to_string()],
-            &env,
-        );
-    }
+    let pools = static_pool(&[]);
+    start_members(&mut lab, &nodes, &nodes[0], &key, Some(&zone), &pools, &env);
     // An intruder on the same network, seeded with a member's address, with another key.
     let intruder = lab.host("intruder", 66);
     let other_key = key_file(&lab, "other.key");
-    let cfg = node_config(
-        &lab,
-        &intruder,
-        &other_key,
+    let one = [intruder.clone()];
+    start_members(
+        &mut lab,
+        &one,
         &nodes[0],
+        &other_key,
         Some(&zone),
-        &static_pool(&[]),
-    );
-    lab.spawn(
-        &intruder,
-        "intruder",
-        &edgemesh,
-        &["--config", &cfg.display().to_string()],
+        &pools,
         &env,
     );
 
     let all: BTreeSet<String> = nodes.iter().map(|h| h.ip.to_string()).collect();
     let (_, took) = wait_for("the record holds all five", Duration::from_secs(60), || {
-        (a_record(&lab, &client, &aws, &zone) == all).then_some(())
+        (a_record(&client_rt, &fixture, &zone) == all).then_some(())
     });
     eprintln!("record holds all five after {took:?}");
     wait_for("five voters", Duration::from_secs(30), || {
@@ -329,7 +318,7 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
         "no packet was refused: did the intruder send any?"
     );
     assert_eq!(
-        a_record(&lab, &client, &aws, &zone),
+        a_record(&client_rt, &fixture, &zone),
         all,
         "the intruder is not in DNS"
     );
@@ -344,10 +333,7 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
 
     // 3/2 partition; AWS stays reachable from both sides.
     let (major, minor) = nodes.split_at(3);
-    let writes = |h: &Host| {
-        let (_, m) = lab.http(h, "GET", "http://127.0.0.1:9901/metrics", None);
-        metric(&m, "edgemesh_dns_writes_total")
-    };
+    let writes = |h: &Host| metric_at(&lab, h, "edgemesh_dns_writes_total");
     let minority_writes_before: Vec<f64> = minor.iter().map(writes).collect();
     let cut = Instant::now();
     lab.partition(
@@ -358,7 +344,7 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
     let (_, dropped) = wait_for(
         "the majority drops the minority from DNS",
         Duration::from_secs(30),
-        || (a_record(&lab, &client, &aws, &zone) == majority).then_some(()),
+        || (a_record(&client_rt, &fixture, &zone) == majority).then_some(()),
     );
     let mut minority_acted = false;
     while cut.elapsed() < Duration::from_secs(partition_secs) {
@@ -374,14 +360,14 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
         "the minority wrote DNS"
     );
     assert_eq!(
-        a_record(&lab, &client, &aws, &zone),
+        a_record(&client_rt, &fixture, &zone),
         majority,
         "record during the partition"
     );
     let healed = Instant::now();
     lab.heal();
     let (_, converged) = wait_for("the record holds all five again", HEAL_BOUND, || {
-        (a_record(&lab, &client, &aws, &zone) == all).then_some(())
+        (a_record(&client_rt, &fixture, &zone) == all).then_some(())
     });
     let views = || -> Vec<String> {
         nodes
@@ -396,14 +382,7 @@ fn partition_minority_never_writes_dns_and_an_intruder_never_joins() {
             })
             .collect()
     };
-    while healed.elapsed() < HEAL_BOUND
-        && !nodes.iter().all(|h| {
-            status(&lab, h)["mesh"]["members"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == 4
-        })
-    {
+    while healed.elapsed() < HEAL_BOUND && !sees_all(&lab, &nodes) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
@@ -435,42 +414,12 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
     let backend = lab.host("backend", 100);
     let client = lab.host("client", 250);
     let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
-    lab.spawn(
-        &backend,
-        "backend",
-        "python3",
-        &[
-            "-m",
-            "http.server",
-            "8000",
-            "--bind",
-            &backend.ip.to_string(),
-        ],
-        &[],
-    );
+    let upstream = start_backend(&mut lab, &backend);
     let key = key_file(&lab, "cluster.key");
-    let edgemesh = bin("edgemesh").display().to_string();
-    let upstream = format!("{}:8000", backend.ip);
-    for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], None, &static_pool(&[&upstream]));
-        lab.spawn(
-            h,
-            &h.name,
-            &edgemesh,
-            &["--config", &cfg.display().to_string()],
-            &[],
-        );
-    }
-    let sees_all = |lab: &Lab| {
-        nodes.iter().all(|h| {
-            status(lab, h)["mesh"]["members"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == 4
-        })
-    };
+    let pools = static_pool(&[&upstream]);
+    start_members(&mut lab, &nodes, &nodes[0], &key, None, &pools, &[]);
     wait_for("five members", Duration::from_secs(60), || {
-        sees_all(&lab).then_some(())
+        sees_all(&lab, &nodes).then_some(())
     });
     let mut last = (0, String::new());
     let ready = Instant::now();
@@ -523,7 +472,7 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
     std::thread::sleep(Duration::from_secs(5));
     lab.signal(&frozen.name, "CONT");
     let (_, rejoined) = wait_for("the frozen member back everywhere", HEAL_BOUND, || {
-        sees_all(&lab).then_some(())
+        sees_all(&lab, &nodes).then_some(())
     });
     report(&Row {
         scenario: "7. frozen member (SIGSTOP past suspicion, then SIGCONT)".into(),
@@ -543,7 +492,7 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
     std::thread::sleep(Duration::from_secs(5));
     lab.link(&cut, true);
     let (_, rejoined) = wait_for("the cut member back everywhere", HEAL_BOUND, || {
-        sees_all(&lab).then_some(())
+        sees_all(&lab, &nodes).then_some(())
     });
     report(&Row {
         scenario: "7. member's link set down (ip link) past suspicion, then up".into(),
@@ -633,14 +582,7 @@ fn traffic_while(
 
 /// The pool `name`'s endpoints as member `h` routes them.
 fn pool(lab: &Lab, h: &Host, name: &str) -> BTreeSet<String> {
-    status(lab, h)["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == name)
-        .flat_map(|p| p["endpoints"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["addr"].as_str().map(str::to_string))
-        .collect()
+    pool_endpoints(&status(lab, h), name)
 }
 
 fn routed_everywhere(lab: &Lab, nodes: &[Host], name: &str, want: &BTreeSet<String>) -> bool {
@@ -710,7 +652,8 @@ fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
     let client = lab.host("client", 250);
     let tasks = lab.host("tasks", 150);
     let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
-    let zone = start_moto(&mut lab, &aws_host, &client);
+    let client_rt = lab.runtime(&client);
+    let (zone, dns) = start_moto(&mut lab, &aws_host, &client_rt);
     let moto = SocketAddr::new(aws_host.ip.into(), 5000);
 
     // ECS: a cluster, a task subnet 10.77.1.0/24, web (3 tasks) and echo (1 task), awsvpc.
@@ -764,17 +707,15 @@ fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
 
     let key = key_file(&lab, "cluster.key");
     let env = aws_env(proxy.addr);
-    let edgemesh = bin("edgemesh").display().to_string();
-    for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], Some(&zone), ECS_POOLS);
-        lab.spawn(
-            h,
-            &h.name,
-            &edgemesh,
-            &["--config", &cfg.display().to_string()],
-            &env,
-        );
-    }
+    start_members(
+        &mut lab,
+        &nodes,
+        &nodes[0],
+        &key,
+        Some(&zone),
+        ECS_POOLS,
+        &env,
+    );
     let web_tasks = |aws: &Arc<Aws>| {
         let aws = aws.clone();
         tasks_rt.run(async move { aws.endpoints("web", "web", 8000).await })
@@ -787,10 +728,8 @@ fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
     );
 
     // 1. Rolling deployments (every task replaced) under load that follows the record.
-    let client_rt = lab.runtime(&client);
-    let dns = Arc::new(client_rt.run(Aws::new(moto, "10.77.0.250")));
     let load = HttpLoad::start(&client_rt, "web.test", Vec::new(), 8);
-    let left = follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
+    follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
     wait_for("the record holds all five", Duration::from_secs(60), || {
         (load.targets().lock().unwrap().len() == 5).then_some(())
     });
@@ -923,10 +862,10 @@ fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
     wait_for(
         "the record holds the four survivors",
         Duration::from_secs(30),
-        || (dns_len(&client_rt, &dns, &zone) == alive.len()).then_some(()),
+        || (a_record(&client_rt, &dns, &zone).len() == alive.len()).then_some(()),
     );
     let load = HttpLoad::start(&client_rt, "web.test", Vec::new(), 8);
-    let _left9 = follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
+    follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
     let fault_start = Instant::now();
     let mut checks = 0;
     while fault_start.elapsed() < Duration::from_secs(fault_secs) {
@@ -970,10 +909,7 @@ fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
 
     // 6. SIGTERM drain of a member under load that follows DNS.
     let load = HttpLoad::start(&client_rt, "web.test", Vec::new(), 8);
-    let left = {
-        drop(left);
-        follow_record(&client_rt, dns.clone(), zone.clone(), load.targets())
-    };
+    let left = follow_record(&client_rt, dns.clone(), zone.clone(), load.targets());
     wait_for("load on the survivors", Duration::from_secs(20), || {
         (load.targets().lock().unwrap().len() == alive.len() && load.ok() > 200).then_some(())
     });
@@ -1018,11 +954,6 @@ fn ecs_deploys_tcp_stream_failover_aws_faults_and_drain() {
         ),
     });
     follower.stop(&tasks_rt);
-}
-
-fn dns_len(rt: &NsRuntime, dns: &Arc<Aws>, zone: &str) -> usize {
-    let (dns, zone) = (dns.clone(), zone.to_string());
-    rt.run(async move { dns.record(&zone, "mesh.edge.test.", RrType::A).await.len() })
 }
 
 /// Connects to `addr` every 100 ms; the cell holds the moment a connection was first refused.
@@ -1110,20 +1041,7 @@ fn acme_leader_killed_mid_order_and_a_partitioned_minority_never_orders() {
     let backend = lab.host("backend", 100);
     let client = lab.host("client", 250);
     let nodes: Vec<Host> = (1..=5).map(|i| lab.host(&format!("n{i}"), i)).collect();
-    lab.spawn(
-        &backend,
-        "backend",
-        "python3",
-        &[
-            "-m",
-            "http.server",
-            "8000",
-            "--bind",
-            &backend.ip.to_string(),
-        ],
-        &[],
-    );
-    let upstream = format!("{}:8000", backend.ip);
+    let upstream = start_backend(&mut lab, &backend);
     // pebble validates HTTP-01 on port 8080 of whatever its DNS answers for the name, and
     // sleeps up to 3 s before each validation, so an order is open for a while.
     let ca_rt = lab.runtime(&ca);
@@ -1154,18 +1072,8 @@ fn acme_leader_killed_mid_order_and_a_partitioned_minority_never_orders() {
     assert!(out.status.success(), "pebble's root from {mgmt}");
 
     let key = key_file(&lab, "cluster.key");
-    let edgemesh = bin("edgemesh").display().to_string();
     let plain = acme_pools(&upstream, "");
-    for h in &nodes {
-        let cfg = node_config(&lab, h, &key, &nodes[0], None, &plain);
-        lab.spawn(
-            h,
-            &h.name,
-            &edgemesh,
-            &["--config", &cfg.display().to_string()],
-            &[],
-        );
-    }
+    start_members(&mut lab, &nodes, &nodes[0], &key, None, &plain, &[]);
     let (leader, _) = wait_for("a leader of five", Duration::from_secs(60), || {
         let l = acting_leader(&lab, &nodes)?;
         (status(&lab, &l)["mesh"]["members"].as_array()?.len() == 4).then_some(l)
@@ -1254,23 +1162,10 @@ fn acme_leader_killed_mid_order_and_a_partitioned_minority_never_orders() {
     // renewals fall due every 15 s: the minority never orders, the majority renews; after
     // healing every member serves the same certificate.
     let cfg = lab.path().join(format!("{}.toml", leader.name));
-    lab.spawn(
-        &leader,
-        &format!("{}-again", leader.name),
-        &edgemesh,
-        &["--config", &cfg.display().to_string()],
-        &[],
-    );
+    let label = format!("{}-again", leader.name);
+    spawn_edgemesh(&mut lab, &leader, &label, &cfg, &[]);
     wait_for("five members again", Duration::from_secs(60), || {
-        nodes
-            .iter()
-            .all(|h| {
-                status(&lab, h)["mesh"]["members"]
-                    .as_array()
-                    .map_or(0, Vec::len)
-                    == 4
-            })
-            .then_some(())
+        sees_all(&lab, &nodes).then_some(())
     });
     let alive = nodes.clone();
     reload_all(&lab, &alive, &acme("renew_after_secs = 15\n"));

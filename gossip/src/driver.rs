@@ -49,6 +49,13 @@ pub fn meta_key(id: &str) -> String {
     format!("node/{id}")
 }
 
+/// Wall-clock Unix milliseconds, the timestamps of state writes.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn encode_meta(meta: &NodeMeta) -> Vec<u8> {
     bincode::serde::encode_to_vec(meta, bincode::config::standard()).unwrap_or_default()
 }
@@ -93,6 +100,20 @@ pub struct MemberStatus {
     pub incarnation: u64,
     /// Seconds since this node first saw the member up.
     pub age_secs: u64,
+}
+
+impl MemberStatus {
+    /// Where clients reach the member: its identity's public address, else the one its
+    /// `node/<id>` entry announces.
+    pub fn public_addr(&self) -> Option<std::net::IpAddr> {
+        self.public
+            .or(self.meta.as_ref().and_then(|meta| meta.public))
+    }
+
+    /// Whether its `node/<id>` entry says it is draining.
+    pub fn draining(&self) -> bool {
+        self.meta.as_ref().is_some_and(|meta| meta.draining)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +164,23 @@ struct Shared {
     started: Instant,
     /// Our `node/<id>` value, (re)published at start and whenever a member comes up.
     meta: Mutex<NodeMeta>,
+}
+
+impl Shared {
+    /// Writes one of this member's own entries into the local state, now: the update to
+    /// disseminate.
+    fn set_own(&self, key: &str, value: Vec<u8>) -> crate::state::Update {
+        self.state
+            .lock()
+            .expect("state lock")
+            .set(key, value, wall_ms())
+    }
+
+    /// This member's `node/<id>` entry as it is now.
+    fn meta_update(&self) -> crate::state::Update {
+        let meta = encode_meta(&self.meta.lock().expect("meta lock"));
+        self.set_own(&meta_key(&self.me.id), meta)
+    }
 }
 
 /// Where a node finds members to join through. Asked again at every join attempt, so a
@@ -255,27 +293,19 @@ impl Mesh {
     /// Writes `key` as this member's own entry (any member may; by convention keys that
     /// name the member, such as `held/<id>`) and disseminates it.
     pub fn publish_own(&self, key: &str, value: Vec<u8>) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let update = self
-            .shared
-            .state
-            .lock()
-            .expect("state lock")
-            .set(key, value, now);
-        let _ = self.publish.send(update);
+        let _ = self.publish.send(self.shared.set_own(key, value));
     }
 
     /// Marks this member draining (or serving again) in its `node/<id>` entry: the leader
     /// then leaves it out of the DNS entrypoint.
     pub fn set_draining(&self, draining: bool) {
-        let meta = {
-            let mut m = self.shared.meta.lock().expect("meta lock");
-            m.draining = draining;
-            encode_meta(&m)
-        };
-        self.publish_own(&meta_key(&self.shared.me.id), meta);
+        self.shared.meta.lock().expect("meta lock").draining = draining;
+        let _ = self.publish.send(self.shared.meta_update());
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> &str {
+        &self.shared.me.id
     }
 
     /// Deletes `key` as the acting leader (a tombstone in its term). Refused elsewhere.
@@ -293,9 +323,7 @@ impl Mesh {
                 leader: view.leader,
             });
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = wall_ms();
         let mut state = self.shared.state.lock().expect("state lock");
         let update = write(&mut state, view.term, now).map_err(|_| NotLeader {
             leader: view.leader.clone(),
@@ -491,9 +519,7 @@ impl Driver {
                     }
                 }
                 _ = gc_tick.tick() => {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
+                    let now = wall_ms();
                     let ttl = TOMBSTONE_TTL.as_millis() as u64;
                     let dropped = self.shared.state.lock().expect("state lock").gc(now, ttl);
                     if dropped > 0 {
@@ -667,9 +693,7 @@ impl Driver {
                 self.reap_after,
             )
         };
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let wall = wall_ms();
         let mut updates = Vec::new();
         {
             let mut state = self.shared.state.lock().expect("state lock");
@@ -766,15 +790,7 @@ impl Driver {
     }
 
     async fn publish_meta(&mut self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let key = meta_key(&self.shared.me.id);
-        let update = self.shared.state.lock().expect("state lock").set(
-            &key,
-            encode_meta(&self.shared.meta.lock().expect("meta lock")),
-            now,
-        );
+        let update = self.shared.meta_update();
         let fx = self.swim.publish(&update);
         Box::pin(self.effects(fx)).await;
     }

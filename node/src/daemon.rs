@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigError, GossipConfig};
+use crate::config::{self, Config, ConfigError, GossipConfig, PublicIp};
 use crate::projection;
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
 use edgemesh_gossip::ClusterState;
@@ -169,14 +169,14 @@ async fn start_mesh(
         max_packet_size: g.max_packet_size,
         ..MembershipConfig::lan(g.expected_cluster_size)
     };
-    let public_ip = match (g.public_ip, g.public_ip_from_imds) {
-        (Some(ip), _) => Some(ip),
-        (None, true) => Some(
+    let public_ip = match g.public_ip {
+        PublicIp::Fixed(ip) => Some(ip),
+        PublicIp::Imds => Some(
             crate::aws::imds_public_ip()
                 .await
                 .map_err(|e| anyhow::anyhow!("gossip.public_ip = \"imds\": {e}"))?,
         ),
-        (None, false) => None,
+        PublicIp::Unset => None,
     };
     // The start time: a restarted node outranks its previous self.
     let started = SystemTime::now()
@@ -217,7 +217,6 @@ async fn start_mesh(
     Ok(mesh)
 }
 
-/// Serving entries for the ACME certificates (ones that do not parse are skipped, logged).
 /// The drain budget and linger of `config`: linger = the longest entrypoint TTL plus the
 /// grace period, or nothing when there is no entrypoint (no DNS answer to outlive).
 fn drain_config(config: &Config) -> crate::drain::DrainConfig {
@@ -237,6 +236,7 @@ fn drain_config(config: &Config) -> crate::drain::DrainConfig {
     }
 }
 
+/// Serving entries for the ACME certificates (ones that do not parse are skipped, logged).
 fn acme_entries(
     certs: &BTreeMap<String, crate::acme::CertRecord>,
 ) -> Vec<edgemesh_proxy::CertEntry> {
@@ -250,12 +250,6 @@ fn acme_entries(
                 .ok()
         })
         .collect()
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_now() -> u64 {
@@ -637,12 +631,9 @@ impl Daemon {
             .collect();
         let value = crate::ecs::model::encode(&held);
         match self.mesh.lock().expect("mesh lock").as_ref() {
-            Some(m) => {
-                let key = format!("{}{}", crate::acme::HELD_PREFIX, m.status().me.id);
-                m.publish_own(&key, value)
-            }
+            Some(m) => m.publish_own(&format!("{}{}", crate::acme::HELD_PREFIX, m.id()), value),
             None => {
-                let now = unix_ms();
+                let now = crate::unix_ms();
                 let key = format!("{}local", crate::acme::HELD_PREFIX);
                 self.cluster_state
                     .lock()
@@ -898,12 +889,7 @@ impl Daemon {
                 })
                 .collect();
             v["acme_orders"] = serde_json::to_value(orders).unwrap_or_default();
-            v["entrypoint"] = state
-                .leader_entries(crate::entrypoint::STATUS_KEY)
-                .find(|(k, _)| *k == crate::entrypoint::STATUS_KEY)
-                .and_then(|(_, b)| {
-                    crate::ecs::model::decode::<Vec<crate::entrypoint::RecordReport>>(b)
-                })
+            v["entrypoint"] = crate::entrypoint::report(&state)
                 .map_or(serde_json::Value::Null, |r| {
                     serde_json::to_value(r).unwrap_or_default()
                 });
@@ -1014,13 +1000,20 @@ impl Daemon {
                     self.project_acme().await;
                 }
                 _ = drain_tick.tick() => {
+                    use crate::drain::Phase;
+                    let phase = self.drain.lock().expect("drain lock").phase();
+                    if phase == Phase::Serving {
+                        continue;
+                    }
                     let idle = closing.as_ref().is_some_and(|c| c.is_finished());
-                    let entrypoint = self.current.lock().await.0.entrypoint.is_some();
+                    // Only a draining node waits for the entrypoint to drop it.
+                    let waiting = matches!(phase, Phase::Draining | Phase::Drained);
+                    let entrypoint = waiting && self.current.lock().await.0.entrypoint.is_some();
                     let out_of_dns = !entrypoint || self.out_of_dns();
                     let (steps, left_dns) = {
                         let mut d = self.drain.lock().expect("drain lock");
                         let before = d.status().out_of_dns_at;
-                        let steps = d.tick(unix_ms(), out_of_dns, idle);
+                        let steps = d.tick(crate::unix_ms(), out_of_dns, idle);
                         (steps, before.is_none() && d.status().out_of_dns_at.is_some())
                     };
                     if left_dns {
@@ -1079,7 +1072,7 @@ impl Daemon {
             if d.phase() == crate::drain::Phase::Serving {
                 *d = crate::drain::Drain::new(drain_config(&config));
             }
-            d.request(unix_ms(), exit)
+            d.request(crate::unix_ms(), exit)
         };
         info!(
             trigger = why,
@@ -1106,19 +1099,10 @@ impl Daemon {
     /// Whether the DNS entrypoint no longer names this node (true without a public address:
     /// nothing to wait for).
     fn out_of_dns(&self) -> bool {
-        let Some(me) = self
-            .mesh_status()
-            .and_then(|m| m.me.public.or(m.me.meta.and_then(|meta| meta.public)))
-        else {
+        let Some(me) = self.mesh_status().and_then(|m| m.me.public_addr()) else {
             return true;
         };
-        let state = self.cluster_state.lock().expect("state lock");
-        let report = state
-            .leader_entries(crate::entrypoint::STATUS_KEY)
-            .find(|(k, _)| *k == crate::entrypoint::STATUS_KEY)
-            .and_then(|(_, b)| {
-                crate::ecs::model::decode::<Vec<crate::entrypoint::RecordReport>>(b)
-            });
+        let report = crate::entrypoint::report(&self.cluster_state.lock().expect("state lock"));
         match report {
             None => false,
             Some(r) => r.iter().all(|rec| {
@@ -1151,7 +1135,7 @@ impl Daemon {
                     }
                 }
                 Step::StopAccepting { finish_by } => {
-                    let left = Duration::from_millis(finish_by.saturating_sub(unix_ms()));
+                    let left = Duration::from_millis(finish_by.saturating_sub(crate::unix_ms()));
                     info!(
                         finish_within_ms = left.as_millis() as u64,
                         "drain: no new connections, finishing in-flight requests and streams"
@@ -1245,13 +1229,17 @@ impl crate::entrypoint::EntrypointHost for Daemon {
         };
         std::iter::once(&m.me)
             .chain(&m.members)
-            .filter(|s| !s.meta.as_ref().is_some_and(|meta| meta.draining))
-            .filter_map(|s| s.public.or(s.meta.as_ref().and_then(|meta| meta.public)))
+            .filter(|s| !s.draining())
+            .filter_map(|s| s.public_addr())
             .collect()
     }
 
     fn node_id(&self) -> String {
-        self.mesh_status().map_or("local".into(), |m| m.me.id)
+        self.mesh
+            .lock()
+            .expect("mesh lock")
+            .as_ref()
+            .map_or("local".into(), |m| m.id().to_string())
     }
 
     fn dns_written(&self, ok: bool) {

@@ -14,7 +14,7 @@
 //! A drain without exit (`meshctl drain`) stops after the linger, out of DNS and still
 //! serving, until `meshctl drain --undo` or SIGTERM.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainConfig {
@@ -48,7 +48,7 @@ pub enum Step {
     Exit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Serving,
@@ -61,7 +61,7 @@ pub enum Phase {
     Done,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrainStatus {
     pub phase: Phase,
     /// Unix ms of each milestone.

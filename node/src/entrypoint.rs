@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -36,6 +36,14 @@ pub struct EntrypointSettings {
 
 /// The leader's reconciliation report, replicated so `meshctl dns` shows it on every node.
 pub const STATUS_KEY: &str = "dns/entrypoint";
+
+/// The leader's report as the cluster state holds it.
+pub fn report(state: &edgemesh_gossip::state::ClusterState) -> Option<Vec<RecordReport>> {
+    state
+        .leader_entries(STATUS_KEY)
+        .find(|(k, _)| *k == STATUS_KEY)
+        .and_then(|(_, b)| crate::ecs::model::decode(b))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordReport {
@@ -216,12 +224,6 @@ pub trait EntrypointHost: Publisher {
     fn dns_written(&self, ok: bool);
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 type Key = (RecordSpec, bool);
 
 /// Keeps the entrypoint records while this node is the acting leader, forever.
@@ -253,7 +255,7 @@ pub async fn run<H: EntrypointHost + 'static>(host: Arc<H>) {
         let acting = host.acting();
         let addresses = host.serving_addresses();
         for ((spec, v6), r) in reconcilers.iter_mut() {
-            let now = unix_ms();
+            let now = crate::unix_ms();
             r.members(
                 now,
                 addresses
@@ -291,7 +293,7 @@ pub async fn run<H: EntrypointHost + 'static>(host: Arc<H>) {
                     if let Err(e) = &result {
                         warn!(record = %spec.name, error = %e, "entrypoint record not read");
                     }
-                    r.read(unix_ms(), result);
+                    r.read(crate::unix_ms(), result);
                 }
                 Action::Write(set) => {
                     let values: Vec<String> = set.iter().map(IpAddr::to_string).collect();
@@ -313,7 +315,7 @@ pub async fn run<H: EntrypointHost + 'static>(host: Arc<H>) {
                             warn!(record = %spec.name, error = %e, "entrypoint record not written; the last one stays")
                         }
                     }
-                    r.wrote(unix_ms(), set, result);
+                    r.wrote(crate::unix_ms(), set, result);
                 }
             }
         }

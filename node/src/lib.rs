@@ -16,3 +16,11 @@ pub mod local_ca;
 pub mod logging;
 pub mod projection;
 pub mod route53;
+
+/// Wall-clock Unix milliseconds (0 before 1970), the unit of the node's replicated
+/// timestamps and status fields.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use edgemesh_node::acme::OrderStatus;
+use edgemesh_node::drain::{DrainStatus, Phase};
+use edgemesh_node::entrypoint::RecordReport;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -112,54 +115,11 @@ struct Status {
     /// Node -> certificate (first name) -> notAfter of what that node serves.
     #[serde(default)]
     acme_held: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
-    /// The leader's entrypoint report (node's `entrypoint::RecordReport`).
+    /// The leader's entrypoint report.
     #[serde(default)]
     entrypoint: Option<Vec<RecordReport>>,
     #[serde(default)]
     drain: Option<DrainStatus>,
-}
-
-/// The node's `drain::DrainStatus`.
-#[derive(Deserialize)]
-struct DrainStatus {
-    phase: String,
-    since: Option<u64>,
-    out_of_dns_at: Option<u64>,
-    closing_at: Option<u64>,
-    deadline: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct RecordReport {
-    zone: String,
-    name: String,
-    rtype: String,
-    ttl: u32,
-    leader: String,
-    status: RecordStatus,
-}
-
-#[derive(Deserialize)]
-struct RecordStatus {
-    desired: Vec<String>,
-    current: Option<Vec<String>>,
-    writes_ok: u64,
-    writes_failed: u64,
-    last_write_ms: Option<u64>,
-    last_error: Option<String>,
-    failures: u32,
-}
-
-/// The node's `acme::OrderStatus`.
-#[derive(Deserialize, Default)]
-struct OrderStatus {
-    last_attempt: Option<i64>,
-    last_success: Option<i64>,
-    last_error: Option<String>,
-    rate_limited: bool,
-    failures: u32,
-    next: Option<i64>,
-    next_by: String,
 }
 
 /// The leader's last ECS poll (node's `ecs::PollStatus`).
@@ -287,16 +247,19 @@ fn print_dns(s: &Status) {
             .iter()
             .map(|r| {
                 let st = &r.status;
-                let holds = st
-                    .current
-                    .as_ref()
-                    .map_or("unknown".into(), |c| c.join(","));
+                let list = |set: &std::collections::BTreeSet<std::net::IpAddr>| {
+                    set.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let holds = st.current.as_ref().map_or("unknown".into(), list);
                 vec![
                     r.name.clone(),
                     r.rtype.clone(),
                     r.zone.clone(),
                     r.ttl.to_string(),
-                    st.desired.join(","),
+                    list(&st.desired),
                     if st.current.as_ref() == Some(&st.desired) {
                         format!("{holds} (in sync)")
                     } else {
@@ -884,11 +847,11 @@ fn print_status(s: &Status) {
         ),
         None => println!("mesh: none (single node)"),
     }
-    if let Some(d) = s.drain.as_ref().filter(|d| d.phase != "serving") {
+    if let Some(d) = s.drain.as_ref().filter(|d| d.phase != Phase::Serving) {
         let at = |v: Option<u64>| v.map_or("-".to_string(), ago);
         println!(
             "drain: {} (since {}; out of DNS {}; closing {}; deadline {})",
-            d.phase.to_uppercase(),
+            format!("{:?}", d.phase).to_uppercase(),
             at(d.since),
             at(d.out_of_dns_at),
             at(d.closing_at),

@@ -338,9 +338,7 @@ pub struct GossipConfig {
     pub seeds: Vec<SocketAddr>,
     /// Seeds from the tasks of this ECS service (needs the `[ecs]` cluster).
     pub ecs_seed_service: Option<String>,
-    pub public_ip: Option<std::net::IpAddr>,
-    /// `public_ip = "imds"`: ask the EC2 instance metadata service (IMDSv2) at start.
-    pub public_ip_from_imds: bool,
+    pub public_ip: PublicIp,
     /// Base64 keys, first one sending; validated at load.
     pub keys: Vec<String>,
     pub probe_period: Duration,
@@ -357,6 +355,16 @@ pub struct GossipConfig {
     pub election_timeout: Duration,
     pub settle: Duration,
     pub reap_after: Duration,
+}
+
+/// Where a member's public address (the one the DNS entrypoint names) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicIp {
+    /// None: the member is left out of the entrypoint.
+    Unset,
+    Fixed(std::net::IpAddr),
+    /// `public_ip = "imds"`: asked of the EC2 instance metadata service (IMDSv2) at start.
+    Imds,
 }
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
@@ -765,6 +773,12 @@ fn ecs_settings(
     }))
 }
 
+/// A hosted zone id as Route53's API takes it: `Z...`, without the `/hostedzone/` prefix
+/// its answers carry; empty when only blanks were given.
+fn hosted_zone_id(raw: &str) -> String {
+    raw.trim().trim_start_matches("/hostedzone/").to_string()
+}
+
 fn entrypoint_settings(
     e: &RawEntrypoint,
     err: &dyn Fn(&str, String) -> ConfigError,
@@ -774,7 +788,7 @@ fn entrypoint_settings(
     }
     let mut records = Vec::new();
     for (i, r) in e.records.iter().enumerate() {
-        let zone = r.hosted_zone_id.trim().trim_start_matches("/hostedzone/");
+        let zone = hosted_zone_id(&r.hosted_zone_id);
         if zone.is_empty() {
             return Err(err(
                 &format!("entrypoint.records[{i}].hosted_zone_id"),
@@ -797,11 +811,7 @@ fn entrypoint_settings(
                 format!("{ttl} is outside 1..=86400 seconds"),
             ));
         }
-        records.push(crate::entrypoint::RecordSpec {
-            zone: zone.to_string(),
-            name,
-            ttl,
-        });
+        records.push(crate::entrypoint::RecordSpec { zone, name, ttl });
     }
     let check_secs = e.check_secs.unwrap_or(60);
     if check_secs == 0 {
@@ -870,16 +880,12 @@ fn acme_settings(
     };
     let route53 = match &a.route53 {
         None => None,
-        Some(r) if r.hosted_zone_id.trim().is_empty() => {
-            return Err(err("acme.route53.hosted_zone_id", "is empty".into()))
-        }
-        Some(r) => Some((
-            r.hosted_zone_id
-                .trim()
-                .trim_start_matches("/hostedzone/")
-                .to_string(),
-            r.region.clone(),
-        )),
+        Some(r) => match hosted_zone_id(&r.hosted_zone_id) {
+            zone if zone.is_empty() => {
+                return Err(err("acme.route53.hosted_zone_id", "is empty".into()))
+            }
+            zone => Some((zone, r.region.clone())),
+        },
     };
     if route53.is_none() {
         if dns01 {
@@ -980,10 +986,10 @@ fn gossip_config(
     let public = env("EDGEMESH_PUBLIC_IP")
         .map(|v| (v, true))
         .or(g.public_ip.clone().map(|v| (v, false)));
-    let public_ip_from_imds = public.as_ref().is_some_and(|(v, _)| v.trim() == "imds");
-    let public_ip = match public.filter(|_| !public_ip_from_imds) {
-        None => None,
-        Some((v, from_env)) => Some(v.parse().map_err(|_| {
+    let public_ip = match public {
+        None => PublicIp::Unset,
+        Some((v, _)) if v.trim() == "imds" => PublicIp::Imds,
+        Some((v, from_env)) => PublicIp::Fixed(v.parse().map_err(|_| {
             let msg =
                 format!("{v:?} is not an IP address (or \"imds\": ask EC2's metadata service)");
             if from_env {
@@ -1056,7 +1062,6 @@ fn gossip_config(
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty()),
         public_ip,
-        public_ip_from_imds,
         keys,
         probe_period: ms(g.probe_period_ms, lan.probe_period),
         probe_rtt: ms(g.probe_rtt_ms, lan.probe_rtt),

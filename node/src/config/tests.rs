@@ -215,7 +215,10 @@ fn gossip_section_with_key_from_environment_or_file() {
     assert_eq!(g.advertise, "127.0.0.1:7946".parse().unwrap());
     assert_eq!(g.seeds.len(), 2);
     assert_eq!(g.keys.len(), 2, "rotation: two keys");
-    assert_eq!(g.public_ip, Some("203.0.113.10".parse().unwrap()));
+    assert_eq!(
+        g.public_ip,
+        PublicIp::Fixed("203.0.113.10".parse().unwrap())
+    );
     assert_eq!(g.probe_period, Duration::from_millis(800));
     assert!(
         parse_str(GOOD).unwrap().gossip.is_none(),
@@ -228,11 +231,11 @@ fn gossip_section_with_key_from_environment_or_file() {
     let c = parse(&path, &gossip_src("key_file = \"cluster.key\"\n"), &no_env).unwrap();
     let g = c.gossip.unwrap();
     assert_eq!(g.keys, vec![KEY.to_string()]);
-    assert!(g.public_ip.is_none() && !g.public_ip_from_imds);
+    assert_eq!(g.public_ip, PublicIp::Unset);
     // "imds": learned at start from the instance metadata service.
     let src = gossip_src("key_file = \"cluster.key\"\npublic_ip = \"imds\"\n");
     let g = parse(&path, &src, &no_env).unwrap().gossip.unwrap();
-    assert!(g.public_ip.is_none() && g.public_ip_from_imds);
+    assert_eq!(g.public_ip, PublicIp::Imds);
 }
 
 #[test]

@@ -11,7 +11,7 @@ pub mod poll;
 pub mod seeds;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -123,12 +123,6 @@ impl EcsMetrics {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Polls while this node is the acting leader, forever. `me` names this node in the status.
 pub async fn run<A: EcsApi>(
     api: A,
@@ -167,7 +161,7 @@ pub async fn run<A: EcsApi>(
                 c.inc_by(n.saturating_sub(c.get()));
             }
         }
-        status.at_ms = now_ms();
+        status.at_ms = crate::unix_ms();
         status.calls_last_minute = poller.calls_last_minute() as u32;
         let delay = match result {
             Ok(r) => {
@@ -210,7 +204,7 @@ pub async fn run<A: EcsApi>(
             }
         };
         metrics.backoff_ms.set(delay.as_millis() as i64);
-        status.next_poll_ms = now_ms() + delay.as_millis() as u64;
+        status.next_poll_ms = crate::unix_ms() + delay.as_millis() as u64;
         if let Err(e) = publisher.publish(STATUS_KEY, encode(&status)) {
             warn!(error = %e, "ECS status not published");
         }

@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::types::{AwsVpcConfiguration, NetworkConfiguration, NetworkMode};
+use aws_sdk_ecs::types::NetworkMode;
 
 use crate::harness::{self, Node};
-pub use edgemesh_chaos_tests::aws::{aws_env, Aws, FaultProxy, FAIL_500, HANG, PASS, THROTTLE};
+pub use edgemesh_chaos_tests::aws::{
+    aws_env, awsvpc, Aws, FaultProxy, FAIL_500, HANG, PASS, THROTTLE,
+};
 
 /// `moto_server` with edgemesh's ECS patches; killed on drop.
 pub struct Moto {
@@ -212,14 +214,7 @@ async fn pool_addrs(node: &Node, host: &str) -> BTreeSet<String> {
     else {
         return BTreeSet::new();
     };
-    s["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == pool.as_str())
-        .flat_map(|p| p["endpoints"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["addr"].as_str().map(str::to_string))
-        .collect()
+    edgemesh_chaos_tests::pool_endpoints(&s, &pool)
 }
 
 /// Waits until requests for `host` reach exactly the tasks in `want`; returns how long it took.
@@ -723,15 +718,7 @@ async fn ecs_scale_report() {
                 let td = aws
                     .task_def(&name, NetworkMode::Awsvpc, &[("app", 8080)])
                     .await;
-                let nc = NetworkConfiguration::builder()
-                    .awsvpc_configuration(
-                        AwsVpcConfiguration::builder()
-                            .subnets(subnet)
-                            .security_groups(sg)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build();
+                let nc = awsvpc(subnet, sg);
                 aws.ecs
                     .create_service()
                     .cluster("edge")
