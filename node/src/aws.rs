@@ -7,6 +7,21 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_smithy_http_client::tls;
 
+/// Every AWS API call the node makes, as IAM actions: the ECS poller and seed finder (ECS,
+/// EC2) and the Route53 DNS-01 solver and entrypoint records. The deployment's task role
+/// grants exactly these: a test compares this list with `deploy/edgemesh.yaml` and with the
+/// SDK operations the source calls, so none of the three can drift.
+pub const CALLS: &[&str] = &[
+    "ecs:ListTasks",
+    "ecs:DescribeTasks",
+    "ecs:DescribeTaskDefinition",
+    "ecs:DescribeContainerInstances",
+    "ec2:DescribeInstances",
+    "route53:ChangeResourceRecordSets",
+    "route53:GetChange",
+    "route53:ListResourceRecordSets",
+];
+
 pub type SdkError<E> = aws_smithy_runtime_api::client::result::SdkError<
     E,
     aws_smithy_runtime_api::client::orchestrator::HttpResponse,
@@ -68,6 +83,20 @@ where
 /// aws-config's client: `AWS_EC2_METADATA_SERVICE_ENDPOINT` honoured), else its private one
 /// (an instance without a public address is reached at its private one, as behind a VPN).
 pub async fn imds_public_ip() -> Result<std::net::IpAddr, String> {
+    imds_ip(&[
+        "/latest/meta-data/public-ipv4",
+        "/latest/meta-data/local-ipv4",
+    ])
+    .await
+}
+
+/// This instance's private IPv4 address, from the instance metadata service (IMDSv2).
+pub async fn imds_private_ip() -> Result<std::net::IpAddr, String> {
+    imds_ip(&["/latest/meta-data/local-ipv4"]).await
+}
+
+/// The first of `paths` the metadata service answers, as an address.
+async fn imds_ip(paths: &[&str]) -> Result<std::net::IpAddr, String> {
     let client = aws_config::imds::Client::builder()
         .configure(
             &aws_config::provider_config::ProviderConfig::default().with_http_client(http_client()),
@@ -76,10 +105,7 @@ pub async fn imds_public_ip() -> Result<std::net::IpAddr, String> {
         .read_timeout(Duration::from_secs(2))
         .build();
     let mut errors = Vec::new();
-    for path in [
-        "/latest/meta-data/public-ipv4",
-        "/latest/meta-data/local-ipv4",
-    ] {
+    for &path in paths {
         match client.get(path).await {
             Ok(v) => {
                 let v = v.as_ref().trim().to_string();

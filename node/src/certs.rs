@@ -57,8 +57,13 @@ pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], source: String) -> Result<CertE
 }
 
 /// The certificates for `config` and the index of the default one: files first, then the
-/// ACME certificates (`acme`) for names no file covers, then the local CA for the rest.
-pub fn build(config: &Config, acme: &[CertEntry]) -> Result<(Vec<CertEntry>, Option<usize>)> {
+/// ACME certificates (`acme`) for names no file covers, then the local CA for the rest of
+/// `tls_hosts` (the configuration's and the docker labels' TLS route hosts).
+pub fn build(
+    config: &Config,
+    tls_hosts: &[String],
+    acme: &[CertEntry],
+) -> Result<(Vec<CertEntry>, Option<usize>)> {
     let mut entries = Vec::new();
     for (cert, key) in &config.cert_files {
         entries.push(from_files(cert, key)?);
@@ -72,8 +77,7 @@ pub fn build(config: &Config, acme: &[CertEntry]) -> Result<(Vec<CertEntry>, Opt
             entries.push(a.clone());
         }
     }
-    let uncovered: Vec<String> = config
-        .tls_hosts
+    let uncovered: Vec<String> = tls_hosts
         .iter()
         .filter(|h| !entries.iter().any(|e| covers(&e.names, h)))
         .cloned()

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigError, GossipConfig, PublicIp};
+use crate::config::{self, Advertise, Config, ConfigError, GossipConfig, PublicIp};
 use crate::projection;
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
 use edgemesh_gossip::ClusterState;
@@ -138,6 +138,20 @@ async fn start_mesh(
     ecs: Option<&crate::ecs::EcsSettings>,
     alone: &Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<Mesh> {
+    let advertise = match g.advertise {
+        Advertise::Addr(a) => a,
+        Advertise::Imds { port } => SocketAddr::new(
+            crate::aws::imds_private_ip()
+                .await
+                .map_err(|e| anyhow::anyhow!("gossip.advertise = \"imds\": {e}"))?,
+            port,
+        ),
+    };
+    let node_id = if g.node_id.is_empty() {
+        advertise.to_string()
+    } else {
+        g.node_id.clone()
+    };
     let seeds = crate::ecs::seeds::SharedSeeds {
         fixed: g.seeds.clone(),
         found: Default::default(),
@@ -150,7 +164,7 @@ async fn start_mesh(
         tokio::spawn(crate::ecs::seeds::run(
             api,
             service.clone(),
-            g.advertise,
+            advertise,
             seeds.found.clone(),
             move || !alone.load(std::sync::atomic::Ordering::Relaxed),
             Duration::from_secs(5),
@@ -183,8 +197,8 @@ async fn start_mesh(
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_millis() as u64);
     let me = NodeIdentity {
-        id: g.node_id.clone(),
-        gossip: g.advertise,
+        id: node_id,
+        gossip: advertise,
         sync_port: g.sync_port,
         public: public_ip,
         incarnation: started,
@@ -272,7 +286,7 @@ fn env(k: &str) -> Option<String> {
 impl Daemon {
     /// Loads `path`, binds the listeners and the admin API. Errors here end the process.
     pub async fn start(path: &Path) -> Result<(Arc<Daemon>, TcpListener), StartError> {
-        let config = config::load(path, &env)?;
+        let config = config::load_source(path, &env)?;
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let reloads = Family::<ResultLabel, Counter>::default();
@@ -313,7 +327,8 @@ impl Daemon {
             crate::acme::load_dir(&config.data_dir.join("acme"))
                 .into_iter()
                 .collect();
-        let (certs, default) = crate::certs::build(&config, &acme_entries(&acme_certs))?;
+        let (certs, default) =
+            crate::certs::build(&config, &config.tls_hosts, &acme_entries(&acme_certs))?;
         proxy.certs().replace(certs, default);
         proxy.apply(config.table.clone());
         proxy
@@ -473,7 +488,7 @@ impl Daemon {
     }
 
     async fn apply(&self, old: &Config, path: &Path) -> Result<Config, String> {
-        let new = config::load(path, &env).map_err(|e| e.to_string())?;
+        let new = config::load_source(path, &env).map_err(|e| e.to_string())?;
         for (what, changed) in [
             ("node.admin_addr", new.admin_addr != old.admin_addr),
             ("node.data_dir", new.data_dir != old.data_dir),
@@ -487,7 +502,8 @@ impl Daemon {
             }
         }
         let acme = acme_entries(&self.acme_certs.lock().expect("acme lock"));
-        let (certs, default) = crate::certs::build(&new, &acme).map_err(|e| format!("{e:#}"))?;
+        let (certs, default) = crate::certs::build(&new, &self.tls_hosts(&new), &acme)
+            .map_err(|e| format!("{e:#}"))?;
         let old_certs = self.proxy.certs().entries();
         let old_status = self.proxy.certs().status();
         let old_default = old_status.iter().position(|c| c.default);
@@ -608,14 +624,37 @@ impl Daemon {
                 warn!(host = %host, error = %e, dir = %dir.display(), "certificate not written to disk");
             }
         }
+        if self.rebuild_certs(&current.0) {
+            info!(hosts = ?changed.iter().map(|(h, _)| h).collect::<Vec<_>>(), "ACME certificates now served");
+        }
+    }
+
+    /// The hosts that get certificates: the configuration's TLS route hosts, then those of
+    /// the docker label routes.
+    fn tls_hosts(&self, config: &Config) -> Vec<String> {
+        let mut hosts = config.tls_hosts.clone();
+        if config.ecs.as_ref().is_some_and(|e| e.labels) {
+            for h in &self.labels.lock().expect("labels lock").tls_hosts {
+                if !hosts.contains(h) {
+                    hosts.push(h.clone());
+                }
+            }
+        }
+        hosts
+    }
+
+    /// Rebuilds the served certificates from the files, ACME and the local CA; on failure
+    /// the previous ones keep serving. True if rebuilt.
+    fn rebuild_certs(&self, config: &Config) -> bool {
         let acme = acme_entries(&self.acme_certs.lock().expect("acme lock"));
-        match crate::certs::build(&current.0, &acme) {
+        match crate::certs::build(config, &self.tls_hosts(config), &acme) {
             Ok((certs, default)) => {
                 self.proxy.certs().replace(certs, default);
-                info!(hosts = ?changed.iter().map(|(h, _)| h).collect::<Vec<_>>(), "ACME certificates now served");
+                true
             }
             Err(e) => {
-                error!(error = %format!("{e:#}"), "certificates not rebuilt; the previous ones keep serving")
+                error!(error = %format!("{e:#}"), "certificates not rebuilt; the previous ones keep serving");
+                false
             }
         }
     }
@@ -699,9 +738,18 @@ impl Daemon {
                 tcp = labels.listeners.len(),
                 "routes from docker labels changed"
             );
-            let listeners_changed =
-                self.labels.lock().expect("labels lock").listeners != labels.listeners;
+            let (listeners_changed, tls_changed) = {
+                let old = self.labels.lock().expect("labels lock");
+                (
+                    old.listeners != labels.listeners,
+                    old.tls_hosts != labels.tls_hosts,
+                )
+            };
             *self.labels.lock().expect("labels lock") = labels;
+            if tls_changed {
+                // New label hosts get their local CA certificate now, ACME's when issued.
+                self.rebuild_certs(&current.0);
+            }
             if listeners_changed {
                 // Routes first (a new listener finds its pool), then the listeners.
                 self.proxy.apply(self.table_for(&current.0));
@@ -1252,7 +1300,7 @@ impl crate::acme::AcmeHost for Daemon {
     async fn plan(&self) -> Option<(crate::acme::AcmeSettings, Vec<Vec<String>>)> {
         let c = self.current.lock().await;
         let settings = c.0.acme.clone()?;
-        let sets = crate::acme::certificate_sets(&settings, &c.0.tls_hosts);
+        let sets = crate::acme::certificate_sets(&settings, &self.tls_hosts(&c.0));
         Some((settings, sets))
     }
 

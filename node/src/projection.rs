@@ -76,6 +76,9 @@ pub struct LabelTable {
     /// TCP listeners (`edgemesh.tcp.port`) and their routes.
     pub listeners: Vec<ListenerSpec>,
     pub tcp_routes: Vec<TcpRouteSpec>,
+    /// Hosts of the label routes that want TLS: they get certificates as the configuration's
+    /// `tls = true` hosts do.
+    pub tls_hosts: Vec<String>,
     pub conflicts: Vec<String>,
 }
 
@@ -146,6 +149,14 @@ pub fn label_routes(
         }
         let mut hosts = Vec::new();
         for h in &route.hosts {
+            let h = match crate::config::check_host(h) {
+                Ok(h) => h,
+                Err(e) => {
+                    out.conflicts
+                        .push(format!("labels of service {service}: {e}; ignored"));
+                    continue;
+                }
+            };
             match taken.get(&(h.clone(), route.path_prefix.clone())) {
                 Some(owner) => out.conflicts.push(format!(
                     "labels of service {service}: {h}{} is already routed by {owner}; ignored",
@@ -156,7 +167,10 @@ pub fn label_routes(
                         (h.clone(), route.path_prefix.clone()),
                         format!("service {service}'s labels"),
                     );
-                    hosts.push(h.clone());
+                    if route.tls && h != "*" && !out.tls_hosts.contains(&h) {
+                        out.tls_hosts.push(h.clone());
+                    }
+                    hosts.push(h);
                 }
             }
         }
@@ -165,7 +179,7 @@ pub fn label_routes(
                 hosts,
                 path_prefix: route.path_prefix,
                 pool: pool.clone(),
-                redirect_https: true,
+                redirect_https: route.tls,
             });
             used = true;
         }
@@ -306,6 +320,28 @@ mod tests {
         );
         assert!(
             t.conflicts[1].contains("service c") && t.conflicts[1].contains("the configuration")
+        );
+        assert_eq!(t.tls_hosts, ["shop.test"]);
+        assert!(t.routes[0].redirect_https);
+
+        // `edgemesh.http.tls=false`: no certificate, no redirect; a name that is no host name
+        // is refused and reported.
+        let mut plain = labelled("plain.test,not a host");
+        plain
+            .labels
+            .insert("edgemesh.http.tls".into(), "false".into());
+        state.set_as_leader("ecs/svc/f", enc(&plain), 1, 1).unwrap();
+        let t = label_routes(&state, &config, &listeners, ip);
+        let route = t.routes.iter().find(|r| r.pool == "ecs:f").unwrap();
+        assert_eq!(route.hosts, ["plain.test"]);
+        assert!(!route.redirect_https);
+        assert_eq!(t.tls_hosts, ["shop.test"]);
+        assert!(
+            t.conflicts
+                .iter()
+                .any(|c| c.contains("service f") && c.contains("\"not a host\" is not a host name")),
+            "{:?}",
+            t.conflicts
         );
     }
 

@@ -11,14 +11,6 @@ use aws_sdk_route53::types::{
 use edgemesh_acme::DnsSolver;
 use tracing::{info, warn};
 
-/// Every Route53 call the node makes (DNS-01 solver, entrypoint records), as IAM action names,
-/// for the IAM policy the deployment grants.
-pub const CALLS: &[&str] = &[
-    "route53:ChangeResourceRecordSets",
-    "route53:GetChange",
-    "route53:ListResourceRecordSets",
-];
-
 /// TTL of challenge records: short, so a retried order's new value is not hidden by a cache.
 const TXT_TTL: i64 = 60;
 /// How long a change may take to become INSYNC (Route53: typically under a minute).

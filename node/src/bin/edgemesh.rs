@@ -1,7 +1,10 @@
 //! `edgemesh`: the edge daemon.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use edgemesh_node::daemon::{Daemon, StartError};
@@ -24,8 +27,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a configuration file and exit: 0 if valid, 2 if not.
-    CheckConfig { file: PathBuf },
+    /// Validate a configuration and exit: 0 if valid, 2 if not. Without FILE, what the daemon
+    /// would load: EDGEMESH_CONFIG_TOML when set, else --config.
+    CheckConfig { file: Option<PathBuf> },
+    /// Exit 0 if the node on this host answers its admin API's /healthz, 1 if not (a container
+    /// health check that needs no shell or curl).
+    Health {
+        /// Admin API address; default: EDGEMESH_ADMIN_ADDR, else the configuration's.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
     /// Run a node on loopback with built-in backends; prints what to try.
     Demo {
         #[arg(long, default_value = ".edgemesh-demo")]
@@ -48,8 +61,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &cli.command {
-        return check_config(file);
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => return check_config(file.as_deref(), &cli.config),
+        Some(Command::Health { addr, timeout_secs }) => {
+            return health(*addr, &cli.config, Duration::from_secs(*timeout_secs))
+        }
+        _ => {}
     }
     logging::init();
     // Control work only (admin API, signals, reloads); connections run on the proxy's
@@ -106,13 +123,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
+fn check_config(file: Option<&Path>, daemon_file: &Path) -> ExitCode {
     let env = |k: &str| std::env::var(k).ok();
-    match config::load(file, &env) {
+    let loaded = match file {
+        Some(f) => config::load(f, &env),
+        None => config::load_source(daemon_file, &env),
+    };
+    match loaded {
         Ok(c) => {
             println!(
                 "{}: configuration is valid ({} listeners, {} routes, {} pools)",
-                file.display(),
+                c.file.display(),
                 c.listeners.len(),
                 c.table.routes.len(),
                 c.table.pools.len()
@@ -123,5 +144,46 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn health(addr: Option<SocketAddr>, daemon_file: &Path, timeout: Duration) -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let addr = match addr {
+        Some(a) => a,
+        // The configuration applies EDGEMESH_ADMIN_ADDR; a configuration that does not load
+        // leaves the default.
+        None => match config::load_source(daemon_file, &env) {
+            Ok(c) => c.admin_addr,
+            Err(_) => match env("EDGEMESH_ADMIN_ADDR").and_then(|a| a.parse().ok()) {
+                Some(a) => a,
+                None => config::DEFAULT_ADMIN_ADDR
+                    .parse()
+                    .expect("default admin address"),
+            },
+        },
+    };
+    match healthz(addr, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgemesh: http://{addr}/healthz: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthz(addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: edgemesh\r\nConnection: close\r\n\r\n")?;
+    let mut head = Vec::new();
+    s.take(4096).read_to_end(&mut head)?;
+    let status = String::from_utf8_lossy(&head);
+    let line = status.lines().next().unwrap_or("");
+    if line.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("answered {line:?}")))
     }
 }

@@ -332,9 +332,10 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GossipConfig {
+    /// Empty only with `Advertise::Imds` and no host name: the address, once known.
     pub node_id: String,
     pub bind: SocketAddr,
-    pub advertise: SocketAddr,
+    pub advertise: Advertise,
     pub seeds: Vec<SocketAddr>,
     /// Seeds from the tasks of this ECS service (needs the `[ecs]` cluster).
     pub ecs_seed_service: Option<String>,
@@ -357,6 +358,26 @@ pub struct GossipConfig {
     pub reap_after: Duration,
 }
 
+/// The gossip address peers reach this node on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertise {
+    Addr(SocketAddr),
+    /// `advertise = "imds"`: this EC2 instance's private IPv4 (IMDSv2, asked at start) with
+    /// the bind port, for hosts whose address no file can know (an ECS DAEMON task).
+    Imds {
+        port: u16,
+    },
+}
+
+impl Advertise {
+    pub fn port(&self) -> u16 {
+        match self {
+            Advertise::Addr(a) => a.port(),
+            Advertise::Imds { port } => *port,
+        }
+    }
+}
+
 /// Where a member's public address (the one the DNS entrypoint names) comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublicIp {
@@ -370,6 +391,28 @@ pub enum PublicIp {
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
 /// ECS's largest task `stopTimeout`: the drain must fit in it.
 const MAX_DRAIN_SECS: u64 = 120;
+
+/// The variable whose value, when set, is the whole configuration (TOML) and wins over the
+/// file: for containers configured by their task definition alone.
+pub const CONFIG_ENV: &str = "EDGEMESH_CONFIG_TOML";
+
+/// The daemon's configuration: [`CONFIG_ENV`] when set, else the file at `path`. Errors in
+/// the variable's text name it (`environment EDGEMESH_CONFIG_TOML:3: key: ...`); a file there
+/// is neither read nor watched.
+pub fn load_source(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    match env(CONFIG_ENV) {
+        Some(src) => parse(&config_env_path(), &src, env),
+        None => load(path, env),
+    }
+}
+
+/// What stands for the file when the configuration comes from [`CONFIG_ENV`].
+pub fn config_env_path() -> PathBuf {
+    PathBuf::from(format!("environment {CONFIG_ENV}"))
+}
 
 /// Reads, parses and validates a configuration file, then applies `EDGEMESH_*` overrides
 /// from `env`.
@@ -968,15 +1011,17 @@ fn gossip_config(
     };
     let bind = addr("gossip.bind", &g.bind)?;
     let advertise = match &g.advertise {
-        Some(a) => addr("gossip.advertise", a)?,
+        Some(a) if a.trim() == "imds" => Advertise::Imds { port: bind.port() },
+        Some(a) => Advertise::Addr(addr("gossip.advertise", a)?),
         None if bind.ip().is_unspecified() => {
             return Err(err(
                 "gossip.bind",
-                format!("{bind} is unspecified: set gossip.advertise to the address peers reach"),
+                format!("{bind} is unspecified: set gossip.advertise to the address peers reach (or \"imds\" on EC2)"),
             ))
         }
-        None => bind,
+        None => Advertise::Addr(bind),
     };
+
     let seeds = g
         .seeds
         .iter()
@@ -1046,7 +1091,11 @@ fn gossip_config(
             .ok()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| advertise.to_string()),
+            .unwrap_or_else(|| match advertise {
+                Advertise::Addr(a) => a.to_string(),
+                // Learned with the address at start.
+                Advertise::Imds { .. } => String::new(),
+            }),
     };
     let size = g.expected_cluster_size.unwrap_or(16).max(1);
     let lan = edgemesh_gossip::membership::MembershipConfig::lan(size);
@@ -1124,7 +1173,8 @@ fn gossip_config(
 }
 
 /// A route host: an exact name, `*.suffix`, or `*`.
-fn check_host(h: &str) -> Result<String, String> {
+/// A route host as the configuration takes it (`name`, `*.suffix` or `*`), lower-cased.
+pub(crate) fn check_host(h: &str) -> Result<String, String> {
     if h == "*" {
         return Ok(h.into());
     }

@@ -212,7 +212,10 @@ fn gossip_section_with_key_from_environment_or_file() {
     .unwrap();
     let g = c.gossip.unwrap();
     assert_eq!(g.node_id, "edge-1");
-    assert_eq!(g.advertise, "127.0.0.1:7946".parse().unwrap());
+    assert_eq!(
+        g.advertise,
+        Advertise::Addr("127.0.0.1:7946".parse().unwrap())
+    );
     assert_eq!(g.seeds.len(), 2);
     assert_eq!(g.keys.len(), 2, "rotation: two keys");
     assert_eq!(
@@ -236,6 +239,46 @@ fn gossip_section_with_key_from_environment_or_file() {
     let src = gossip_src("key_file = \"cluster.key\"\npublic_ip = \"imds\"\n");
     let g = parse(&path, &src, &no_env).unwrap().gossip.unwrap();
     assert_eq!(g.public_ip, PublicIp::Imds);
+    // advertise = "imds": the private address at start, the bind port.
+    let src = gossip_src("key_file = \"cluster.key\"\nadvertise = \"imds\"\n")
+        .replace("127.0.0.1:7946", "0.0.0.0:7950");
+    let g = parse(&path, &src, &no_env).unwrap().gossip.unwrap();
+    assert_eq!(g.advertise, Advertise::Imds { port: 7950 });
+    assert_eq!(g.sync_port, 7951);
+}
+
+#[test]
+fn configuration_from_the_environment_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edgemesh.toml");
+    std::fs::write(&file, GOOD).unwrap();
+    let from_file = load_source(&file, &no_env).unwrap();
+    assert_eq!(from_file.listeners.len(), 3);
+
+    let only_web = GOOD
+        .split("[[listeners]]\nname = \"websecure\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[[routes]]\nhosts = [\"*\"]\npool = \"api\"\n[pools.api]\nendpoints = []\n";
+    let env = |k: &str| (k == CONFIG_ENV).then(|| only_web.clone());
+    let c = load_source(&file, &env).unwrap();
+    assert_eq!(c.listeners.len(), 1, "the variable, not the file");
+    assert_eq!(c.file, config_env_path());
+    // Nothing at the path is needed.
+    let c = load_source(&dir.path().join("absent.toml"), &env).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+
+    // Errors name the variable and the line within it.
+    let bad = only_web.replace("127.0.0.1:8080", "127.0.0.1");
+    let env = |k: &str| (k == CONFIG_ENV).then(|| bad.clone());
+    let e = load_source(&file, &env).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("environment EDGEMESH_CONFIG_TOML:"),
+        "{text}"
+    );
+    assert_eq!(e.key.as_deref(), Some("listeners[0].addr"), "{text}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The ECS and EC2 calls the poller makes, behind a trait, and their AWS SDK implementation.
-//! Every call the code makes is in [`CALLS`], for the IAM policy the deployment grants.
+//! Every call the code makes is in [`crate::aws::CALLS`], for the IAM policy the deployment
+//! grants.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,15 +9,6 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 use super::model::{ContainerInfo, NetworkMode, TaskDefInfo, TaskInfo};
-
-/// Every AWS API call the ECS provider makes, as IAM action names.
-pub const CALLS: &[&str] = &[
-    "ecs:ListTasks",
-    "ecs:DescribeTasks",
-    "ecs:DescribeTaskDefinition",
-    "ecs:DescribeContainerInstances",
-    "ec2:DescribeInstances",
-];
 
 /// DescribeTasks and DescribeContainerInstances take at most 100 ARNs.
 pub const DESCRIBE_BATCH: usize = 100;

@@ -153,11 +153,14 @@ pub struct ServiceTopology {
 
 /// A route declared by docker labels, as Traefik's ECS provider reads them:
 /// `edgemesh.http.host` (comma-separated), `edgemesh.http.path`, `edgemesh.http.port` (the
-/// container port), `edgemesh.tcp.port` (a TCP listener on the edge), `edgemesh.container`.
+/// container port), `edgemesh.http.tls` (`false`: plain HTTP only, no certificate),
+/// `edgemesh.tcp.port` (a TCP listener on the edge), `edgemesh.container`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelRoute {
     pub hosts: Vec<String>,
     pub path_prefix: String,
+    /// The hosts get a certificate (local CA or ACME) and plain HTTP redirects (default).
+    pub tls: bool,
     /// The edge port of a TCP listener for this service.
     pub tcp_port: Option<u16>,
     pub target: EcsTarget,
@@ -181,6 +184,9 @@ impl ServiceTopology {
         Some(LabelRoute {
             hosts,
             path_prefix: label("edgemesh.http.path").unwrap_or("/").to_string(),
+            tls: !label("edgemesh.http.tls").is_some_and(|v| {
+                ["false", "0", "no", "off"].contains(&v.to_ascii_lowercase().as_str())
+            }),
             tcp_port,
             target: EcsTarget {
                 service: service.to_string(),

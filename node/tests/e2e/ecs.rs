@@ -154,6 +154,11 @@ name = "web"
 addr = "127.0.0.1:{http}"
 kind = "http"
 
+[[listeners]]
+name = "websecure"
+addr = "127.0.0.1:{https}"
+kind = "https"
+
 [[routes]]
 hosts = ["web.test"]
 pool = "web"
@@ -282,12 +287,17 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
         .await;
     aws.service("web", &web_td, 2, None).await;
     aws.service("api", &api_td, 2, Some((&subnet, &sg))).await;
-    // Routes from docker labels: one new host, one that the configuration already routes.
+    // Routes from docker labels: one new host on plain HTTP only (and a TCP port); one that
+    // the configuration already routes, beside a new one with TLS and a name that is none.
     let tcp_port = harness::free_port().to_string();
-    for (name, host) in [("shop", "shop.test"), ("clash", "web.test")] {
+    for (name, host) in [
+        ("shop", "shop.test"),
+        ("clash", "web.test,Secure.test,bad_host!"),
+    ] {
         let mut labels = vec![("edgemesh.http.host", host)];
         if name == "shop" {
             labels.push(("edgemesh.tcp.port", tcp_port.as_str()));
+            labels.push(("edgemesh.http.tls", "false"));
         }
         let td = aws
             .task_def_full(name, NetworkMode::Awsvpc, &[("app", 7100)], 0, &labels)
@@ -362,6 +372,48 @@ async fn ecs_tasks_are_routed_and_followed_through_scaling_deploys_and_api_fault
     assert!(
         out.contains("shop.test") && out.contains("ecs:shop"),
         "{out}"
+    );
+    assert!(
+        out.contains("labels of service clash: \"bad_host!\" is not a host name"),
+        "{out}"
+    );
+    // A label route host gets a certificate (the local CA here; ACME's when configured) and
+    // plain HTTP redirects; `edgemesh.http.tls=false` gets neither.
+    let clash_id = label_tasks
+        .live
+        .keys()
+        .find(|id| *id != &shop_id)
+        .unwrap()
+        .clone();
+    let (_, code, body) = harness::tls_get(
+        node.addr("https"),
+        "secure.test",
+        &node.ca_pem(),
+        false,
+        "/",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with(&format!("{clash_id} GET /")), "{body}");
+    let (code, _) = harness::http_request_host(
+        &node.addr("http").to_string(),
+        "GET",
+        "/",
+        Some("secure.test"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 308);
+    assert!(
+        harness::tls_connect(
+            node.addr("https"),
+            "shop.test",
+            &node.ca_pem(),
+            &[b"http/1.1"]
+        )
+        .await
+        .is_err(),
+        "no certificate for a tls=false label host"
     );
     let (status, _) = harness::http_request_host(
         &node.addr("http").to_string(),

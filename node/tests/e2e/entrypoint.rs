@@ -517,32 +517,60 @@ async fn the_public_address_from_the_instance_metadata_service() {
         "AWS_EC2_METADATA_SERVICE_ENDPOINT",
         format!("http://{}/", moto.addr),
     ));
-    let mut n = harness::node_env(TEMPLATE, &vars, &env).await;
+    // The gossip address too, as the deployment's task definition has it: bound on every
+    // address, advertised at the instance's private one.
+    let bound = "bind = \"127.0.0.1:{gossip}\"";
+    let template = TEMPLATE.replace(bound, "bind = \"0.0.0.0:{gossip}\"\nadvertise = \"imds\"");
+    assert_ne!(template, TEMPLATE);
+    let mut n = harness::node_env(&template, &vars, &env).await;
     let s = n.status().await;
-    // moto's instance metadata answers public-ipv4 with 198.51.100.1.
+    // moto's instance metadata answers public-ipv4 with 198.51.100.1, local-ipv4 with
+    // 127.0.0.1.
     assert_eq!(
         s["mesh"]["me"]["public"], "198.51.100.1",
         "{}",
         s["mesh"]["me"]
     );
     assert_eq!(s["mesh"]["me"]["meta"]["public"], "198.51.100.1");
+    assert_eq!(
+        s["mesh"]["me"]["gossip"],
+        format!("127.0.0.1:{}", n.port("gossip")),
+        "{}",
+        s["mesh"]["me"]
+    );
 
     // No metadata service: the node refuses to start, naming the setting.
     n.child.kill().unwrap();
     let _ = n.child.wait();
     let dead = format!("http://127.0.0.1:{}/", harness::free_port());
     let config = n.dir.path().join("edgemesh.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgemesh"))
-        .arg("--config")
-        .arg(&config)
-        .envs(aws_env(moto.addr))
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &dead)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("gossip.public_ip = \"imds\"") && stderr.contains("metadata service"),
-        "{stderr}"
+    let with_advertise = std::fs::read_to_string(&config).unwrap();
+    let gossip = format!(
+        "bind = \"0.0.0.0:{}\"\nadvertise = \"imds\"",
+        n.port("gossip")
     );
+    let without = with_advertise.replace(
+        &gossip,
+        &format!("bind = \"127.0.0.1:{}\"", n.port("gossip")),
+    );
+    assert_ne!(without, with_advertise);
+    for (text, setting) in [
+        (&with_advertise, "gossip.advertise = \"imds\""),
+        (&without, "gossip.public_ip = \"imds\""),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgemesh"))
+            .arg("--config")
+            .arg(&config)
+            .envs(aws_env(moto.addr))
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &dead)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(setting) && stderr.contains("metadata service"),
+            "{stderr}"
+        );
+    }
 }

@@ -167,6 +167,18 @@ async fn bad_reload_keeps_serving_then_a_good_file_change_applies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_request_then_exits() {
     let mut s = setup(BASE).await;
+    // The container health check: the binary asks the admin API, found from the
+    // configuration or given.
+    let edgemesh = env!("CARGO_BIN_EXE_edgemesh");
+    let config = s.node.config.to_str().unwrap().to_string();
+    let admin = s.node.admin();
+    for args in [
+        vec!["--config", config.as_str(), "health"],
+        vec!["health", "--addr", admin.as_str()],
+    ] {
+        let (code, _, err) = run(edgemesh, &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
     let http = s.http();
     let slow =
         tokio::spawn(
@@ -195,6 +207,9 @@ async fn sigterm_finishes_in_flight_request_then_exits() {
         log.contains("draining") && log.contains("drained; exiting"),
         "{log}"
     );
+    let (code, _, err) = run(edgemesh, &["health", "--addr", admin.as_str()]);
+    assert_eq!(code, 1, "nothing answers: {err}");
+    assert!(err.contains(&format!("http://{admin}/healthz")), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
