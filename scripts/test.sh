@@ -23,6 +23,11 @@ fi
 if ! python3 -c 'import moto, flask; assert moto.__version__ == "5.2.1"' >/dev/null 2>&1; then
   python3 -m pip install -q 'moto[server]==5.2.1'
 fi
+# The CloudFormation linter CI runs on deploy/edgemesh.yaml.
+if ! python3 -c 'import importlib.metadata as m; assert m.version("cfn-lint") == "1.51.0"' \
+  >/dev/null 2>&1; then
+  python3 -m pip install -q 'cfn-lint==1.51.0'
+fi
 for c in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
     rustup component add "$c"
@@ -31,6 +36,8 @@ done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cfn-lint deploy/edgemesh.yaml"
+python3 -c 'from cfnlint.runner import main; main()' deploy/edgemesh.yaml
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
