@@ -24,14 +24,5 @@ instance and caches task definitions per task.
 <!-- ecs:end -->
 MD
 )
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1]
-text = open("BENCHMARKS.md").read()
-if "<!-- ecs:begin -->" in text:
-    text = re.sub(r"<!-- ecs:begin -->.*<!-- ecs:end -->", lambda _: section, text, flags=re.S)
-else:
-    text = text.rstrip() + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-PY
+echo "$section" | python3 bench/section.py ecs
 echo "$section"

@@ -40,15 +40,5 @@ afford, and sends each update more often so fewer members wait for anti-entropy.
 <!-- gossip:end -->
 MD
 )
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1]
-path = "BENCHMARKS.md"
-text = open(path).read()
-if "<!-- gossip:begin -->" in text:
-    text = re.sub(r"<!-- gossip:begin -->.*<!-- gossip:end -->", lambda _: section, text, flags=re.S)
-else:
-    text = text.rstrip() + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+echo "$section" | python3 bench/section.py gossip
 echo "$section"

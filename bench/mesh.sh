@@ -18,14 +18,5 @@ $table
 <!-- mesh:end -->
 MD
 )
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1]
-text = open("BENCHMARKS.md").read()
-if "<!-- mesh:begin -->" in text:
-    text = re.sub(r"<!-- mesh:begin -->.*<!-- mesh:end -->", lambda _: section, text, flags=re.S)
-else:
-    text = text.rstrip() + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-PY
+echo "$section" | python3 bench/section.py mesh
 echo "$section"

@@ -1138,13 +1138,14 @@ fn acme_leader_killed_mid_order_and_a_partitioned_minority_never_orders() {
         "certificates issued: {issued} (before the kill: {issued_before_kill})"
     );
     let next = acting_leader(&lab, &alive).expect("a new leader");
-    let orders: f64 = alive
+    // Counters, summed as whole numbers (a float sum of nothing but zeros prints "-0").
+    let orders: u64 = alive
         .iter()
-        .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_started_total"))
+        .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_started_total") as u64)
         .sum();
-    let failed_orders: f64 = alive
+    let failed_orders: u64 = alive
         .iter()
-        .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_total{result=\"failed\"}"))
+        .map(|h| metric_at(&lab, h, "edgemesh_acme_orders_total{result=\"failed\"}") as u64)
         .sum();
     report(&Row {
         scenario: "3. leader kill -9 during an ACME order (pebble, HTTP-01)".into(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use edgemesh_proxy::{EndpointSpec, Metrics, Proxy, ProxySettings, TableSpec, Workers};
+use edgemesh_proxy::{EndpointSpec, Metrics, Proxy, TableSpec, Workers};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -318,7 +318,7 @@ impl Daemon {
         let proxy = Arc::new(Proxy::new(
             metrics,
             Arc::new(Default::default()),
-            ProxySettings::default(),
+            config.limits.clone(),
             workers,
         ));
         let config_data_dir = config.data_dir.clone();

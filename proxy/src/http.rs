@@ -68,6 +68,17 @@ async fn route(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
+    if let Some(why) = ambiguous_framing(&req) {
+        // The connection closes after the answer: where this request's body ends is
+        // exactly what is in doubt.
+        shared.metrics.bad_request();
+        shared.metrics.unrouted(400);
+        debug!(peer = %conn.peer, why, "request with ambiguous framing refused");
+        let mut r = local(StatusCode::BAD_REQUEST, format!("{why}\n"));
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     // A token of an order in progress: answered here, for any host (the validator may reach
     // any node). Unknown tokens go to the route like any request.
     if !conn.tls {
@@ -151,6 +162,7 @@ async fn forward(
     let s = &shared.settings;
     let mut exclude = None;
     let mut connect_failures = 0;
+    let mut timed_out = false;
     while let Some(ep) = pool.pick(now_ms(), exclude) {
         let mut upstream = match upstream::checkout(
             ep.addr,
@@ -164,6 +176,10 @@ async fn forward(
                 let ms = ep.eject(now_ms());
                 pool.metrics.ejections.inc();
                 pool.metrics.errors.inc();
+                timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                if timed_out {
+                    pool.metrics.timeouts.inc();
+                }
                 warn!(pool = %pool.name, endpoint = %ep.addr, eject_ms = ms, error = %e, "upstream connect failed; endpoint ejected");
                 connect_failures += 1;
                 if connect_failures == 2 {
@@ -175,7 +191,16 @@ async fn forward(
         };
         let in_flight = ep.begin();
         let started = Instant::now();
-        match upstream.send(req).await {
+        let Ok(sent) = tokio::time::timeout(s.response_timeout, upstream.send(req)).await else {
+            pool.metrics.timeouts.inc();
+            pool.metrics.errors.inc();
+            warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = s.response_timeout.as_millis() as u64, "upstream sent no response head in time");
+            return local(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("upstream of service {} did not answer in time\n", pool.name),
+            );
+        };
+        match sent {
             Ok(resp) => {
                 pool.metrics
                     .latency
@@ -196,10 +221,42 @@ async fn forward(
             },
         }
     }
+    if timed_out {
+        return local(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("upstream of service {} did not accept in time\n", pool.name),
+        );
+    }
     local(
         StatusCode::BAD_GATEWAY,
         format!("upstream of service {} unreachable\n", pool.name),
     )
+}
+
+/// Request smuggling vectors (RFC 9112 §6.1-6.3): framing an upstream might read otherwise
+/// than this proxy. `Transfer-Encoding` with `Content-Length`, `Content-Length` repeated or not
+/// a plain number, `Transfer-Encoding` in HTTP/1.0. (hyper refuses obsolete line folding and
+/// other malformed heads itself.)
+fn ambiguous_framing<B>(req: &Request<B>) -> Option<&'static str> {
+    let h = req.headers();
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    let te = h.contains_key(header::TRANSFER_ENCODING);
+    if te && length.is_some() {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    if lengths.next().is_some() {
+        return Some("more than one Content-Length");
+    }
+    if let Some(v) = length {
+        if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Some("Content-Length is not a number");
+        }
+    }
+    if te && req.version() == Version::HTTP_10 {
+        return Some("Transfer-Encoding in an HTTP/1.0 request");
+    }
+    None
 }
 
 fn respond(
@@ -367,6 +424,45 @@ mod tests {
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_named() {
+        let req = |version, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().version(version);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let h11 = Version::HTTP_11;
+        let cases: [(Request<()>, Option<&str>); 7] = [
+            (req(h11, &[("content-length", "5")]), None),
+            (req(h11, &[("transfer-encoding", "chunked")]), None),
+            (
+                req(
+                    h11,
+                    &[("content-length", "5"), ("transfer-encoding", "chunked")],
+                ),
+                Some("both Transfer-Encoding and Content-Length"),
+            ),
+            (
+                req(h11, &[("content-length", "5"), ("content-length", "5")]),
+                Some("more than one Content-Length"),
+            ),
+            (
+                req(h11, &[("content-length", "+5")]),
+                Some("Content-Length is not a number"),
+            ),
+            (
+                req(Version::HTTP_10, &[("transfer-encoding", "chunked")]),
+                Some("Transfer-Encoding in an HTTP/1.0 request"),
+            ),
+            (req(Version::HTTP_10, &[]), None),
+        ];
+        for (r, want) in cases {
+            assert_eq!(ambiguous_framing(&r), want, "{:?}", r.headers());
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Metrics {
     upstream_errors: Family<PoolLabel, Counter>,
     active_connections: Family<ListenerLabel, Gauge>,
     connections: Family<ListenerLabel, Counter>,
+    accept_pauses: Family<ListenerLabel, Counter>,
+    timeouts: Family<PoolLabel, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     bad_requests: Counter,
 }
@@ -68,6 +70,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             active_connections: Family::default(),
             connections: Family::default(),
+            accept_pauses: Family::default(),
+            timeouts: Family::default(),
             bytes: Family::default(),
             bad_requests: Counter::default(),
         };
@@ -103,13 +107,23 @@ impl Metrics {
             m.connections.clone(),
         );
         r.register(
+            "accept_pauses",
+            "Times a listener stopped accepting at its connection limit",
+            m.accept_pauses.clone(),
+        );
+        r.register(
+            "upstream_timeouts",
+            "Upstream connects or response heads that timed out (answered 504), by pool",
+            m.timeouts.clone(),
+        );
+        r.register(
             "proxied_bytes",
             "Body and stream bytes relayed",
             m.bytes.clone(),
         );
         r.register(
             "malformed_requests",
-            "Client connections closed because of unparseable HTTP",
+            "Requests refused as malformed or ambiguous (smuggling attempts included)",
             m.bad_requests.clone(),
         );
         m
@@ -129,6 +143,7 @@ impl Metrics {
             latency: self.upstream_latency.get_or_create(&label).clone(),
             ejections: self.ejections.get_or_create(&label).clone(),
             errors: self.upstream_errors.get_or_create(&label).clone(),
+            timeouts: self.timeouts.get_or_create(&label).clone(),
         }
     }
 
@@ -150,6 +165,7 @@ impl Metrics {
         ListenerMetrics {
             active: self.active_connections.get_or_create(&label).clone(),
             accepted: self.connections.get_or_create(&label).clone(),
+            paused: self.accept_pauses.get_or_create(&label).clone(),
         }
     }
 
@@ -175,6 +191,7 @@ pub(crate) struct PoolMetrics {
     pub latency: Histogram,
     pub ejections: Counter,
     pub errors: Counter,
+    pub timeouts: Counter,
 }
 
 impl PoolMetrics {
@@ -187,6 +204,7 @@ impl PoolMetrics {
 pub(crate) struct ListenerMetrics {
     pub active: Gauge,
     pub accepted: Counter,
+    pub paused: Counter,
 }
 
 impl ListenerMetrics {

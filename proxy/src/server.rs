@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::{watch, Mutex, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -33,27 +33,50 @@ use crate::tcp;
 use crate::tls::{self, CertStatus, CertStore};
 use crate::workers::Workers;
 
-/// Timeouts of the data path. Later hardening makes each configurable per listener.
-#[derive(Debug, Clone)]
+/// Limits and timeouts of the data path, fixed when the proxy starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
-    /// Time a client has to send a complete request head (slowloris guard).
+    /// Time a client has to send a complete request head (slowloris guard). The clock also
+    /// runs while a keep-alive connection waits for its next request, so it is the longest
+    /// such a connection may sit idle too.
     pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more get 431.
+    pub max_headers: usize,
+    /// Client connections served at once per listener (all workers together). At the limit
+    /// each worker holds the one connection it accepted last, unserved, and accepts nothing
+    /// more (the kernel's backlog queues new clients) until a connection closes.
+    pub max_connections: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Time an upstream has to send the response head once the request is sent; 504 after.
+    pub response_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     /// Time a PROXY protocol sender has to send its header.
     pub proxy_protocol_timeout: Duration,
     pub connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle_timeout: Duration,
+    /// TLS session resumption (TLS 1.3 tickets naming sessions kept in memory, TLS 1.2
+    /// session IDs). Off: every connection makes a full handshake.
+    pub session_resumption: bool,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
             header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 250,
+            response_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
             proxy_protocol_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             upstream_idle_timeout: Duration::from_secs(90),
+            session_resumption: true,
         }
     }
 }
@@ -162,16 +185,28 @@ impl Proxy {
         workers: Workers,
     ) -> Proxy {
         let mut http = auto::Builder::new(TokioExecutor::new());
+        // hyper answers a head over max_buf_size or with too many fields with 431; its
+        // buffer has a floor of 8 KiB (config validation enforces it).
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout);
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .max_headers(settings.max_headers);
+        // Rapid-reset guard: a client that makes the server reset streams more than this
+        // (accepted then cancelled, or refused for protocol errors) loses its connection.
         http.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(250);
+            .max_concurrent_streams(settings.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .max_header_list_size(settings.max_header_bytes as u32);
         let shared = Shared {
             table: ArcSwap::from_pointee(Table::default()),
             acme_tokens: ArcSwap::from_pointee(Default::default()),
-            tls: TlsAcceptor::from(tls::server_config(certs.clone())),
+            tls: TlsAcceptor::from(tls::server_config(
+                certs.clone(),
+                settings.session_resumption,
+            )),
             certs,
             bytes_up: metrics.bytes(Direction::ClientToUpstream),
             bytes_down: metrics.bytes(Direction::UpstreamToClient),
@@ -253,15 +288,20 @@ impl Proxy {
         for (spec, (addr, sockets)) in bound {
             info!(listener = %spec.name, %addr, kind = ?spec.kind, workers = sockets.len(), "listening");
             let (stop, stop_rx) = watch::channel(false);
+            let slots = Arc::new(Semaphore::new(self.shared.settings.max_connections.max(1)));
             let tasks = sockets
                 .into_iter()
                 .zip(self.workers.handles())
                 .map(|(socket, handle)| {
-                    let (shared, spec, stop_rx) =
-                        (self.shared.clone(), spec.clone(), stop_rx.clone());
+                    let (shared, spec, stop_rx, slots) = (
+                        self.shared.clone(),
+                        spec.clone(),
+                        stop_rx.clone(),
+                        slots.clone(),
+                    );
                     handle.spawn(async move {
                         match TcpListener::from_std(socket) {
-                            Ok(l) => accept_loop(shared, spec, l, stop_rx).await,
+                            Ok(l) => accept_loop(shared, spec, l, stop_rx, slots).await,
                             Err(e) => {
                                 warn!(listener = %spec.name, error = %e, "listener setup failed")
                             }
@@ -379,6 +419,7 @@ async fn accept_loop(
     spec: ListenerSpec,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
 ) {
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let lm = shared.metrics.listener(&spec.name);
@@ -400,7 +441,24 @@ async fn accept_loop(
             _ = stop.changed() => return,
             _ = drain.changed() => return,
         };
-        let guard = (shared.track(), lm.open());
+        // At the connection limit this loop holds the connection it just accepted and
+        // accepts nothing more until one closes: the kernel's backlog queues the rest.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                lm.paused.inc();
+                warn!(listener = %name, limit = shared.settings.max_connections, "connection limit reached; accepting paused");
+                let s = tokio::select! {
+                    s = slots.clone().acquire_owned() => s,
+                    _ = stop.changed() => return,
+                    _ = drain.changed() => return,
+                };
+                let Ok(s) = s else { return };
+                info!(listener = %name, "accepting again");
+                s
+            }
+        };
+        let guard = (shared.track(), lm.open(), slot);
         let shared = shared.clone();
         let spec_kind = spec.kind.clone();
         let accept_pp = spec.accept_proxy_protocol;

@@ -190,8 +190,9 @@ impl ResolvesServerCert for StoreResolver {
 }
 
 /// The server configuration of every TLS listener: TLS 1.2 and 1.3, ALPN h2 then http/1.1,
-/// certificates from `store`. Built once; the store changes underneath it.
-pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+/// certificates from `store`. Built once; the store changes underneath it. Without
+/// `resumption`, no session is kept and no ticket sent: every handshake is a full one.
+pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -199,6 +200,10 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(StoreResolver(store)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if !resumption {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
     Arc::new(cfg)
 }
 
@@ -260,6 +265,58 @@ mod tests {
             &store.lookup(Some("a.test")).unwrap(),
             &new.key
         ));
+    }
+
+    /// Moves TLS records between the two sides until neither has anything to send.
+    fn pump(c: &mut rustls::ClientConnection, s: &mut rustls::ServerConnection) {
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut back = Vec::new();
+            s.write_tls(&mut back).unwrap();
+            c.read_tls(&mut back.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+            if buf.is_empty() && back.is_empty() && !c.is_handshaking() {
+                return;
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    /// Two connections of one client: the second resumes unless resumption is off.
+    fn second_handshake(resumption: bool) -> rustls::HandshakeKind {
+        let store = Arc::new(CertStore::default());
+        let e = entry(&["r.test"], 10);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(e.key.cert[0].clone()).unwrap();
+        store.replace(vec![e], None);
+        let server = server_config(store, resumption);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let name = rustls::pki_types::ServerName::try_from("r.test").unwrap();
+            let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+            let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+            pump(&mut c, &mut s);
+            kinds.push(c.handshake_kind().unwrap());
+        }
+        assert_eq!(kinds[0], rustls::HandshakeKind::Full);
+        kinds[1]
+    }
+
+    #[test]
+    fn session_resumption_can_be_turned_off() {
+        assert_eq!(second_handshake(true), rustls::HandshakeKind::Resumed);
+        assert_eq!(second_handshake(false), rustls::HandshakeKind::Full);
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct RawConfig {
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     listeners: Vec<RawListener>,
     #[serde(default)]
     routes: Vec<RawRoute>,
@@ -209,12 +211,27 @@ struct RawNode {
     watch_config: Option<bool>,
 }
 
+/// Client and upstream limits of the data path (all listeners); read at start only.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_connections: Option<usize>,
+    h2_max_concurrent_streams: Option<u32>,
+    upstream_connect_timeout_ms: Option<u64>,
+    upstream_response_timeout_secs: Option<u64>,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     /// Issue certificates for route hosts from a CA kept in the data directory.
     local_ca: Option<bool>,
     default_cert: Option<String>,
+    /// Let clients resume TLS sessions (abbreviated handshakes); read at start only.
+    session_resumption: Option<bool>,
     #[serde(default)]
     certificates: Vec<RawCertFiles>,
 }
@@ -309,6 +326,8 @@ pub struct Config {
     pub watch_config: bool,
     pub local_ca: bool,
     pub default_cert: Option<String>,
+    /// The data path's limits and timeouts (`[limits]`, and `tls.session_resumption`).
+    pub limits: edgemesh_proxy::ProxySettings,
     pub cert_files: Vec<(PathBuf, PathBuf)>,
     pub listeners: Vec<ListenerSpec>,
     pub table: TableSpec,
@@ -741,6 +760,11 @@ pub fn parse(
         watch_config: raw.node.watch_config.unwrap_or(true),
         local_ca: raw.tls.local_ca.unwrap_or(true),
         default_cert: raw.tls.default_cert.map(|d| d.to_ascii_lowercase()),
+        limits: limits(
+            &raw.limits,
+            raw.tls.session_resumption.unwrap_or(true),
+            &err,
+        )?,
         cert_files,
         listeners,
         table: TableSpec {
@@ -1170,6 +1194,81 @@ fn gossip_config(
         ));
     }
     Ok(out)
+}
+
+/// `[limits]` with its defaults, each value checked against a sane range.
+fn limits(
+    l: &RawLimits,
+    session_resumption: bool,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<edgemesh_proxy::ProxySettings, ConfigError> {
+    let d = edgemesh_proxy::ProxySettings::default();
+    fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        v: Option<T>,
+        default: T,
+        (lo, hi): (T, T),
+        key: &str,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<T, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if v >= lo && v <= hi => Ok(v),
+            Some(v) => Err(err(
+                &format!("limits.{key}"),
+                format!("{v} is out of range: must be between {lo} and {hi}"),
+            )),
+        }
+    }
+    let secs = |v, d: Duration, key, range| {
+        within(v, d.as_secs(), range, key, err).map(Duration::from_secs)
+    };
+    Ok(edgemesh_proxy::ProxySettings {
+        header_read_timeout: secs(
+            l.header_read_timeout_secs,
+            d.header_read_timeout,
+            "header_read_timeout_secs",
+            (1, 3600),
+        )?,
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        max_header_bytes: within(
+            l.max_header_bytes,
+            d.max_header_bytes,
+            (8192, 1 << 20),
+            "max_header_bytes",
+            err,
+        )?,
+        max_headers: within(l.max_headers, d.max_headers, (8, 1000), "max_headers", err)?,
+        max_connections: within(
+            l.max_connections,
+            d.max_connections,
+            (1, 1_000_000),
+            "max_connections",
+            err,
+        )?,
+        h2_max_concurrent_streams: within(
+            l.h2_max_concurrent_streams,
+            d.h2_max_concurrent_streams,
+            (1, 10_000),
+            "h2_max_concurrent_streams",
+            err,
+        )?,
+        connect_timeout: within(
+            l.upstream_connect_timeout_ms,
+            d.connect_timeout.as_millis() as u64,
+            (1, 60_000),
+            "upstream_connect_timeout_ms",
+            err,
+        )
+        .map(Duration::from_millis)?,
+        response_timeout: secs(
+            l.upstream_response_timeout_secs,
+            d.response_timeout,
+            "upstream_response_timeout_secs",
+            (1, 3600),
+        )?,
+        session_resumption,
+        ..d
+    })
 }
 
 /// A route host: an exact name, `*.suffix`, or `*`.

@@ -72,6 +72,14 @@ fn parses_a_full_config() {
     );
     // tls = false disables the redirect.
     assert!(!c.table.routes[1].redirect_https && c.table.routes[0].redirect_https);
+    assert!(
+        c.limits.session_resumption,
+        "resumption is on unless turned off"
+    );
+    let off = parse_str(&format!("{GOOD}\n[tls]\nsession_resumption = false\n")).unwrap();
+    assert!(!off.limits.session_resumption);
+    let e = error_of(&format!("{GOOD}\n[tls]\nsession_resumption = \"no\"\n"));
+    assert!(e.to_string().contains("session_resumption"), "{e}");
 }
 
 fn error_of(src: &str) -> ConfigError {
@@ -596,4 +604,38 @@ fn drain_budget_fits_ecs_stop_timeout() {
     let c = parse_str(&src).unwrap();
     assert_eq!(c.drain_timeout, Duration::from_secs(120));
     assert_eq!(c.drain_grace, Duration::from_secs(2));
+}
+
+#[test]
+fn limits_defaults_values_and_range_errors() {
+    let d = edgemesh_proxy::ProxySettings::default();
+    assert_eq!(parse_str(GOOD).unwrap().limits, d);
+    let c = parse_str(&format!(
+        "{GOOD}\n[limits]\nheader_read_timeout_secs = 5\nmax_header_bytes = 16384\nmax_headers = 50\nmax_connections = 2\nh2_max_concurrent_streams = 8\nupstream_connect_timeout_ms = 300\nupstream_response_timeout_secs = 2\n"
+    ))
+    .unwrap();
+    let l = &c.limits;
+    assert_eq!(l.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(
+        (l.max_header_bytes, l.max_headers, l.max_connections),
+        (16384, 50, 2)
+    );
+    assert_eq!(l.h2_max_concurrent_streams, 8);
+    assert_eq!(l.connect_timeout, Duration::from_millis(300));
+    assert_eq!(l.response_timeout, Duration::from_secs(2));
+    // Out of range: the key and its line are named.
+    let src = format!("{GOOD}\n[limits]\nmax_header_bytes = 1024\n");
+    let e = error_of(&src);
+    let line = src
+        .lines()
+        .position(|l| l.starts_with("max_header_bytes"))
+        .unwrap()
+        + 1;
+    assert_eq!(e.key.as_deref(), Some("limits.max_header_bytes"), "{e}");
+    assert_eq!(e.line, Some(line), "{e}");
+    assert!(e.message.contains("between 8192 and 1048576"), "{e}");
+    let e = error_of(&format!("{GOOD}\n[limits]\nmax_connections = 0\n"));
+    assert_eq!(e.key.as_deref(), Some("limits.max_connections"), "{e}");
+    let e = error_of(&format!("{GOOD}\n[limits]\nmax_body = 1\n"));
+    assert!(e.to_string().contains("max_body"), "{e}");
 }

@@ -38,6 +38,7 @@ mod entrypoint;
 mod harness;
 mod http;
 mod lifecycle;
+mod limits;
 mod mesh;
 mod tcp;
 

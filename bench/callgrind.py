@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""User-space instructions per proxied HTTP/1.1 keep-alive request, edgemesh against nginx,
+counted by valgrind's callgrind: repeatable whatever else the machine does, unlike timings.
+
+  python3 bench/callgrind.py [REQUESTS]     # default 20000; needs a release build
+
+Counts only the load phase (counters zeroed after a warm-up, dumped after exactly REQUESTS
+requests from h2load --h1 over 16 keep-alive connections), then prints each contender's
+instructions per request and edgemesh's top functions (bench/out/callgrind.edgemesh).
+"""
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import proxies as P  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+
+
+def load(port, n):
+    out = P.sh("h2load", "--h1", "-n", str(n), "-c16",
+               f"http://127.0.0.1:{port}/")
+    if f"{n} succeeded" not in out:
+        sys.exit(f"not every request succeeded:\n{out}")
+
+
+def count(name, argv, port, env=None):
+    out = os.path.join(P.OUT, f"callgrind.{name}")
+    for f in os.listdir(P.OUT):
+        if f.startswith(f"callgrind.{name}"):
+            os.remove(os.path.join(P.OUT, f))
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                             "--dump-instr=no", *argv], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return measure(name, proc, port)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def measure(name, proc, port):
+    P.wait_port(port, name, limit=60)
+    load(port, 2000)  # warm-up: connections, pools, allocator
+    P.sh("callgrind_control", "-z", str(proc.pid))
+    load(port, N)
+    def dumps():
+        return {f: os.path.getmtime(os.path.join(P.OUT, f)) for f in os.listdir(P.OUT)
+                if f.startswith(f"callgrind.{name}")}
+    before = dumps()
+    P.sh("callgrind_control", "-d", str(proc.pid))
+    # The dump requested after the load (a new or rewritten file) holds the load phase. An
+    # idle process acts on the request only when it runs again: one request at a time wakes
+    # it, and each is counted.
+    extra = 0
+    t0 = time.time()
+    fresh = []
+    while not fresh and time.time() - t0 < 60:
+        P.sh("curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{port}/")
+        extra += 1
+        time.sleep(0.5)
+        fresh = [f for f, m in dumps().items() if before.get(f) != m]
+    if not fresh:
+        sys.exit(f"callgrind did not dump {name}")
+    part = os.path.join(P.OUT, fresh[0])
+    time.sleep(1)  # the dump is complete
+    total = next(int(l.split()[1]) for l in open(part) if l.startswith("summary:") or
+                 l.startswith("totals:"))
+    return total / (N + extra), part
+
+
+def main():
+    os.makedirs(P.OUT, exist_ok=True)
+    os.sched_setaffinity(0, {int(P.LOAD_CPU)})
+    key, crt, _ = P.cert()
+    backends = P.start_backends()
+    try:
+        conf = os.path.join(P.OUT, "callgrind-edgemesh.toml")
+        P.write(conf, f"""
+[node]
+data_dir = "{P.OUT}/cg-data"
+admin_addr = "127.0.0.1:{P.EDGE_ADMIN}"
+watch_config = false
+[tls]
+local_ca = false
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{P.PORTS['edgemesh']['http']}"
+kind = "http"
+[[routes]]
+hosts = ["*"]
+pool = "app"
+tls = false
+[pools.app]
+endpoints = ["127.0.0.1:{P.BACKEND}"]
+""")
+        nginx = P.nginx_conf("cg-nginx", f"""
+  server {{ listen 127.0.0.1:{P.PORTS['nginx']['http']};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection '';
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme; }} }}""", upstream=P.nginx_upstream(P.BACKEND))
+        e, e_out = count("edgemesh", [P.EDGE, "--config", conf], P.PORTS["edgemesh"]["http"],
+                         {"EDGEMESH_LOG": "warn", "EDGEMESH_WORKERS": "1"})
+        n, _ = count("nginx", ["nginx", "-c", nginx, "-g", "daemon off; master_process off;"],
+                     P.PORTS["nginx"]["http"])
+        print(f"user-space instructions per request: edgemesh {e:,.0f}, nginx {n:,.0f} "
+              f"(ratio {e / n:.2f})")
+        print(P.sh("callgrind_annotate", "--inclusive=no", e_out).split("\n", 40)[-1][:6000])
+    finally:
+        for b in backends:
+            b.terminate()
+
+
+if __name__ == "__main__":
+    main()

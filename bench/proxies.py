@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""edgemesh side by side with nginx, HAProxy and socat, on loopback, in one run.
+
+Run through bench/run.sh (which builds the release binary and installs the contenders).
+Every contender is pinned to CPU 1; this script, the load generators (wrk, h2load, iperf3)
+and the backends are pinned to CPU 0. Each scenario runs ROUNDS times per contender, the
+contenders' order rotating from round to round; medians are reported. The section it writes
+goes between the proxy markers of BENCHMARKS.md.
+
+  ROUNDS=3 DURATION=10 bench/run.sh           # defaults
+  SCENARIOS=http,tcp_bulk bench/run.sh         # a subset (BENCHMARKS.md is then not written)
+"""
+import asyncio
+import datetime
+import http.client
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+OUT = os.path.join(ROOT, "bench", "out")
+EDGE = os.environ.get("EDGEMESH_BIN", os.path.join(ROOT, "target", "release", "edgemesh"))
+MESHCTL = os.path.join(ROOT, "target", "release", "meshctl")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DURATION = int(os.environ.get("DURATION", "10"))
+CONNS = int(os.environ.get("CONNS", "64"))
+# Idle connections held open (memory scenario), capped by the file descriptors the machine
+# grants: a proxy holds one descriptor per client and up to one per upstream connection.
+_FD_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+IDLE_CONNS = min(int(os.environ.get("IDLE_CONNS", "10000")), (_FD_HARD - 400) // 2)
+LOAD_CPU, PROXY_CPU = "0", "1"
+ALL = ["http", "https", "tls_new", "h2", "tcp_bulk", "tcp_new", "churn", "memory"]
+SCENARIOS = os.environ.get("SCENARIOS", ",".join(ALL)).split(",")
+
+# Ports. Backends: HTTP (two, identical, for pool churn) and iperf3.
+BACKEND, BACKEND2, IPERF = 18080, 18090, 15201
+PORTS = {
+    "edgemesh": {"http": 18182, "https": 18183, "tcp_bulk": 18184, "tcp_new": 18185},
+    "nginx": {"http": 18281, "https": 18283},
+    "haproxy": {"http": 18381, "https": 18383, "tcp_bulk": 18384, "tcp_new": 18385},
+    "socat": {"tcp_bulk": 18484, "tcp_new": 18485},
+}
+EDGE_ADMIN, EDGE_GOSSIP = 19901, 17946
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def pinned(cpu, *args):
+    return ["taskset", "-c", cpu, *args]
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- processes and accounting
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree(pid):
+    out = [pid]
+    for c in children(pid):
+        out += tree(c)
+    return out
+
+
+def rss_kib(pid):
+    """Resident memory of a process and its descendants (nginx: master and workers)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def cpu_secs(pid):
+    """User and kernel CPU seconds of a process, its live descendants and its reaped children
+    (socat's forks, nginx's workers replaced by a reload)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = kernel = 0
+    for i, p in enumerate(tree(pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17 (1-based); fields[0] is field 3.
+        user += int(fields[11])
+        kernel += int(fields[12])
+        if i == 0:
+            user += int(fields[13])
+            kernel += int(fields[14])
+    return user / tick, kernel / tick
+
+
+def wait_port(port, what, limit=20):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} is not listening on 127.0.0.1:{port} after {limit} s (see {OUT})")
+
+
+class Contender:
+    def __init__(self, name, argv, env=None):
+        self.name = name
+        log = open(os.path.join(OUT, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(pinned(PROXY_CPU, *argv), stdout=log, stderr=log,
+                                     env={**os.environ, **(env or {})})
+        self.ports = PORTS[name]
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def roots(self):
+        return [self.pid] + [o.pid for o in getattr(self, "others", [])]
+
+    def rss_kib(self):
+        return sum(rss_kib(p) for p in self.roots())
+
+    def cpu_secs(self):
+        times = [cpu_secs(p) for p in self.roots()]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            sys.exit(f"{self.name} exited with {self.proc.returncode} (see {OUT}/{self.name}.log)")
+
+
+# ---------------------------------------------------------------- configurations
+
+def cert():
+    """ECDSA P-256 key and a self-signed certificate for bench.test."""
+    key, crt = os.path.join(OUT, "bench.key"), os.path.join(OUT, "bench.crt")
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+       "-nodes", "-keyout", key, "-out", crt, "-days", "30", "-subj", "/CN=bench.test",
+       "-addext", "subjectAltName=DNS:bench.test")
+    pem = os.path.join(OUT, "bench.pem")
+    write(pem, open(crt).read() + open(key).read())
+    return key, crt, pem
+
+
+def nginx_conf(name, body, upstream=""):
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    temps = "\n".join(f"  {t}_temp_path {d};" for t in
+                      ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
+    write(f"{d}/nginx.conf", f"""
+worker_processes 1;
+worker_rlimit_nofile {_FD_HARD};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {IDLE_CONNS + 1024}; }}
+http {{
+  access_log off;
+{temps}
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  {upstream}
+  {body}
+}}
+""")
+    return f"{d}/nginx.conf"
+
+
+def nginx_upstream(port):
+    return f"upstream app {{ server 127.0.0.1:{port}; keepalive 128; }}"
+
+
+def start_backends():
+    conf = nginx_conf("backend", f"""
+  server {{ listen 127.0.0.1:{BACKEND} backlog=4096; listen 127.0.0.1:{BACKEND2} backlog=4096;
+    location / {{ return 200 'hello, world\\n'; }} }}""")
+    procs = [subprocess.Popen(pinned(LOAD_CPU, "nginx", "-c", conf, "-g", "daemon off;"))]
+    procs.append(subprocess.Popen(pinned(LOAD_CPU, "iperf3", "-s", "-p", str(IPERF)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in (BACKEND, BACKEND2, IPERF):
+        wait_port(p, "backend")
+    return procs
+
+
+def start_edgemesh(crt, key):
+    p = PORTS["edgemesh"]
+    d = os.path.join(OUT, "edgemesh-data")
+    write(os.path.join(OUT, "cluster.key"), sh(MESHCTL, "keygen"))
+    conf = os.path.join(OUT, "edgemesh.toml")
+    # Session resumption is off on every contender: wrk and h2load resume sessions when the
+    # server lets them, and the new-connection scenario measures full handshakes.
+    # A one-node mesh: pools change the way they do in production (published by the leader
+    # into the replicated state), which the churn scenario exercises.
+    write(conf, f"""
+[node]
+data_dir = "{d}"
+admin_addr = "127.0.0.1:{EDGE_ADMIN}"
+watch_config = false
+[tls]
+local_ca = false
+default_cert = "bench.test"
+session_resumption = false
+[[tls.certificates]]
+cert = "{crt}"
+key = "{key}"
+[[listeners]]
+name = "web"
+addr = "127.0.0.1:{p['http']}"
+kind = "http"
+[[listeners]]
+name = "websecure"
+addr = "127.0.0.1:{p['https']}"
+kind = "https"
+[[listeners]]
+name = "bulk"
+addr = "127.0.0.1:{p['tcp_bulk']}"
+kind = "tcp"
+pool = "iperf"
+[[listeners]]
+name = "conns"
+addr = "127.0.0.1:{p['tcp_new']}"
+kind = "tcp"
+pool = "app"
+[[routes]]
+hosts = ["*"]
+pool = "app"
+tls = false
+[[routes]]
+hosts = ["bench.test"]
+pool = "app"
+redirect_https = false
+[pools.app]
+endpoints = ["127.0.0.1:{BACKEND}"]
+[pools.iperf]
+endpoints = ["127.0.0.1:{IPERF}"]
+[gossip]
+bind = "127.0.0.1:{EDGE_GOSSIP}"
+node_id = "bench"
+seeds = []
+key_file = "{OUT}/cluster.key"
+bootstrap_expect = 1
+""")
+    sh(EDGE, "check-config", conf)
+    c = Contender("edgemesh", [EDGE, "--config", conf], {"EDGEMESH_LOG": "warn"})
+    wait_port(EDGE_ADMIN, "edgemesh admin")
+    return c
+
+
+def start_nginx(crt, key):
+    p = PORTS["nginx"]
+    proxy = """proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection '';
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;"""
+    d = os.path.join(OUT, "nginx")
+    os.makedirs(d, exist_ok=True)
+    write(f"{d}/upstream.conf", nginx_upstream(BACKEND))
+    conf = nginx_conf("nginx", f"""
+  server {{ listen 127.0.0.1:{p['http']} backlog=4096; location / {{ {proxy} }} }}
+  server {{ listen 127.0.0.1:{p['https']} ssl http2 backlog=4096;
+    ssl_certificate {crt}; ssl_certificate_key {key}; ssl_protocols TLSv1.3;
+    ssl_session_cache off; ssl_session_tickets off;
+    location / {{ {proxy} }} }}""", upstream=f"include {d}/upstream.conf;")
+    c = Contender("nginx", ["nginx", "-c", conf, "-g", "daemon off;"])
+    c.upstream_file = f"{d}/upstream.conf"
+    return c
+
+
+def start_haproxy(pem):
+    p = PORTS["haproxy"]
+    sock = os.path.join(OUT, "haproxy.sock")
+    conf = os.path.join(OUT, "haproxy.cfg")
+    write(conf, f"""
+global
+  nbthread 1
+  maxconn {IDLE_CONNS + 100}
+  stats socket {sock} level admin
+  tune.ssl.cachesize 0
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend http
+  bind 127.0.0.1:{p['http']}
+  option forwardfor
+  default_backend app
+frontend https
+  bind 127.0.0.1:{p['https']} ssl crt {pem} alpn h2,http/1.1 no-tls-tickets
+  option forwardfor
+  default_backend app
+backend app
+  server s1 127.0.0.1:{BACKEND}
+frontend bulk
+  mode tcp
+  bind 127.0.0.1:{p['tcp_bulk']}
+  default_backend iperf
+backend iperf
+  mode tcp
+  server s1 127.0.0.1:{IPERF}
+frontend conns
+  mode tcp
+  bind 127.0.0.1:{p['tcp_new']}
+  default_backend app_tcp
+backend app_tcp
+  mode tcp
+  server s1 127.0.0.1:{BACKEND}
+""")
+    sh("haproxy", "-c", "-q", "-f", conf)
+    c = Contender("haproxy", ["haproxy", "-f", conf, "-db"])
+    c.sock = sock
+    return c
+
+
+def start_socat():
+    p = PORTS["socat"]
+    # Two listeners, each forking a process per connection (as the seed used it): one parent
+    # process per listener, so the contender is the bulk listener's process tree plus the other.
+    c = Contender("socat", ["socat", f"TCP-LISTEN:{p['tcp_bulk']},fork,reuseaddr,backlog=4096",
+                            f"TCP:127.0.0.1:{IPERF}"])
+    c.others = [subprocess.Popen(pinned(PROXY_CPU, "socat",
+                                        f"TCP-LISTEN:{p['tcp_new']},fork,reuseaddr,backlog=4096",
+                                        f"TCP:127.0.0.1:{BACKEND}"))]
+    return c
+
+
+# ---------------------------------------------------------------- load generators
+
+def to_ms(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+
+
+def wrk(url, extra=(), duration=None):
+    out = sh(*pinned(LOAD_CPU, "wrk", "-t1", f"-c{CONNS}", f"-d{duration or DURATION}s",
+                     "--latency", "-H", "Host: bench.test", *extra, url))
+    r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+         "p50": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+         "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))}
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["errors"] = (sum(map(int, errs.groups())) if errs else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    r["error_share"] = r["errors"] / max(total + r["errors"], 1)
+    return r
+
+
+def h2load(url):
+    out = sh(*pinned(LOAD_CPU, "h2load", "-t1", "-c32", "-m10", f"-D{DURATION}",
+                     "--warm-up-time=1", url))
+    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    if "h2" not in re.search(r"Application protocol: (\S+)", out).group(1):
+        sys.exit(f"h2load did not negotiate h2 with {url}:\n{out}")
+    return {"rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
+            "errors": int(done.group(2)),
+            "error_share": int(done.group(2)) / max(int(done.group(1)) + int(done.group(2)), 1)}
+
+
+def iperf(port):
+    out = json.loads(sh(*pinned(LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port),
+                                "-t", str(DURATION), "-J")))
+    return {"gbs": out["end"]["sum_received"]["bits_per_second"] / 8e9, "errors": 0,
+            "error_share": 0.0}
+
+
+# ---------------------------------------------------------------- churn drivers
+
+class Churn(threading.Thread):
+    """Changes a contender's pool between the two backend ports 10 times a second."""
+
+    def __init__(self, contender):
+        super().__init__(daemon=True)
+        self.c, self.stop, self.changes, self.failures = contender, threading.Event(), 0, []
+
+    def change(self, port):
+        name = self.c.name
+        if name == "edgemesh":
+            conn = http.client.HTTPConnection("127.0.0.1", EDGE_ADMIN, timeout=5)
+            conn.request("PUT", "/pools/app", json.dumps([f"127.0.0.1:{port}"]))
+            r = conn.getresponse()
+            body = r.read().decode()
+            conn.close()
+            if r.status != 200:
+                raise RuntimeError(f"PUT /pools/app: {r.status} {body}")
+        elif name == "nginx":
+            write(self.c.upstream_file, nginx_upstream(port))
+            os.kill(self.c.pid, signal.SIGHUP)
+        elif name == "haproxy":
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(self.c.sock)
+            s.sendall(f"set server app/s1 addr 127.0.0.1 port {port}\n".encode())
+            reply = s.recv(4096).decode()
+            s.close()
+            if "changed" not in reply and "no need to change" not in reply:
+                raise RuntimeError(f"haproxy runtime API: {reply.strip()}")
+
+    def run(self):
+        port = BACKEND
+        while not self.stop.wait(0.1):
+            port = BACKEND2 if port == BACKEND else BACKEND
+            try:
+                self.change(port)
+                self.changes += 1
+            except Exception as e:  # reported in the table, not fatal mid-run
+                self.failures.append(str(e))
+
+
+# ---------------------------------------------------------------- idle connections
+
+async def hold_idle(port, n, ready, release):
+    """Opens n keep-alive connections, one request each, holds them until released."""
+    req = b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n"
+    conns = []
+
+    async def one():
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req)
+        head = await r.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"unexpected answer: {head[:40]!r}")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        await r.readexactly(length)
+        conns.append(w)
+
+    for i in range(0, n, 500):
+        await asyncio.gather(*(one() for _ in range(min(500, n - i))))
+    ready.set()
+    while not release.is_set():
+        await asyncio.sleep(0.05)
+    for w in conns:
+        w.close()
+    return len(conns)
+
+
+def idle_memory(c):
+    ready, release = threading.Event(), threading.Event()
+    result = {}
+
+    def client():
+        try:
+            result["n"] = asyncio.run(hold_idle(c.ports["http"], IDLE_CONNS, ready, release))
+        except Exception as e:
+            result["error"] = e
+            ready.set()
+
+    before = c.rss_kib()
+    t = threading.Thread(target=client)
+    t.start()
+    ready.wait()
+    if "error" in result:
+        sys.exit(f"{c.name}: opening {IDLE_CONNS} idle connections failed: {result['error']}")
+    time.sleep(2)
+    held = c.rss_kib()
+    release.set()
+    t.join()
+    return {"before_kib": before, "held_kib": held,
+            "per_conn_kib": (held - before) / IDLE_CONNS}
+
+
+# ---------------------------------------------------------------- scenarios
+
+def measure(c, fn):
+    """Runs fn, returning its figures plus the contender's CPU use (fraction of its core)."""
+    c.alive()
+    t0, (user0, kernel0) = time.time(), c.cpu_secs()
+    r = fn()
+    user1, kernel1 = c.cpu_secs()
+    r["cpu"] = (user1 - user0 + kernel1 - kernel0) / (time.time() - t0)
+    # CPU time per request or connection, in microseconds, split user / kernel.
+    done = r.get("rps", 0) * (time.time() - t0)
+    if done:
+        r["user_us"] = (user1 - user0) / done * 1e6
+        r["kernel_us"] = (kernel1 - kernel0) / done * 1e6
+    c.alive()
+    return r
+
+
+SCENARIO_DEF = {
+    "http": (["edgemesh", "nginx", "haproxy"],
+             lambda c: wrk(f"http://127.0.0.1:{c.ports['http']}/")),
+    "https": (["edgemesh", "nginx", "haproxy"],
+              lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/")),
+    "tls_new": (["edgemesh", "nginx", "haproxy"],
+                lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/",
+                              ["-H", "Connection: close"])),
+    "h2": (["edgemesh", "nginx", "haproxy"],
+           lambda c: h2load(f"https://127.0.0.1:{c.ports['https']}/")),
+    "tcp_bulk": (["edgemesh", "haproxy", "socat"], lambda c: iperf(c.ports["tcp_bulk"])),
+    "tcp_new": (["edgemesh", "haproxy", "socat"],
+                lambda c: wrk(f"http://127.0.0.1:{c.ports['tcp_new']}/",
+                              ["-H", "Connection: close"])),
+}
+
+
+def run_churn(c):
+    churn = Churn(c)
+    churn.start()
+    try:
+        r = wrk(f"http://127.0.0.1:{c.ports['http']}/")
+    finally:
+        churn.stop.set()
+        churn.join()
+    r["changes_per_s"] = churn.changes / DURATION
+    r["change_failures"] = len(churn.failures)
+    if churn.failures:
+        print(f"  {c.name}: {len(churn.failures)} pool changes failed, first: {churn.failures[0]}")
+    return r
+
+
+SCENARIO_DEF["churn"] = (["edgemesh", "nginx", "haproxy"], run_churn)
+
+
+def rounds(name, contenders, results):
+    names, fn = SCENARIO_DEF[name]
+    cs = [contenders[n] for n in names]
+    for c in cs:  # warm-up: connections, caches, pools
+        if name in ("http", "https", "churn"):
+            wrk(f"http://127.0.0.1:{c.ports['http']}/", duration=2)
+    for r in range(ROUNDS):
+        order = cs[r % len(cs):] + cs[:r % len(cs)]
+        for c in order:
+            fig = measure(c, lambda: fn(c))
+            results.setdefault(name, {}).setdefault(c.name, []).append(fig)
+            print(f"{name:9} round {r + 1} {c.name:9} " +
+                  " ".join(f"{k}={v:.4g}" for k, v in fig.items()), flush=True)
+            time.sleep(1)
+
+
+# ---------------------------------------------------------------- report
+
+def med(results, scen, who, key):
+    return statistics.median(f[key] for f in results[scen][who])
+
+
+def fmt(v, unit=""):
+    if v >= 1000:
+        return f"{v:,.0f}{unit}"
+    return f"{v:.3g}{unit}"
+
+
+def table(results, scen, cols):
+    """cols: (heading, key, formatter). One row per contender, medians of the rounds; for
+    request and connection rates also the proxy's CPU time per request, user + kernel."""
+    per_request = all("user_us" in f for fs in results[scen].values() for f in fs)
+    extra = " | proxy CPU per request (user + kernel)" if per_request else ""
+    lines = ["| contender | " + " | ".join(h for h, _, _ in cols) + f" | proxy CPU{extra} | errors |",
+             "|---|" + "---:|" * (len(cols) + 2 + bool(per_request))]
+    for who in results[scen]:
+        cells = [f(med(results, scen, who, k)) for _, k, f in cols]
+        cpu = med(results, scen, who, "cpu")
+        errs = sum(f["errors"] for f in results[scen][who])
+        per = ""
+        if per_request:
+            per = f" | {med(results, scen, who, 'user_us'):.1f} + " \
+                  f"{med(results, scen, who, 'kernel_us'):.1f} µs"
+        lines.append(f"| {who} | " + " | ".join(cells) + f" | {cpu * 100:.0f}%{per} | {errs} |")
+    return "\n".join(lines)
+
+
+def ratio_line(results, scen, key, target=None, lower_is_better=False, label=None):
+    """edgemesh's ratio to every other contender on one figure, with the target if any."""
+    e = med(results, scen, "edgemesh", key)
+    parts = []
+    for who in results[scen]:
+        if who == "edgemesh":
+            continue
+        ratio = e / med(results, scen, who, key)
+        mark = ""
+        if target and who in target:
+            ok = ratio <= target[who] if lower_is_better else ratio >= target[who]
+            mark = f" (target {'<=' if lower_is_better else '>='} {target[who]}: " \
+                   f"{'met' if ok else 'NOT met'})"
+        parts.append(f"{ratio:.2f}x {who}{mark}")
+    return f"- edgemesh {label or key}: " + "; ".join(parts)
+
+
+def report(results, machine):
+    ms = lambda v: f"{v:.2f} ms"
+    rps = lambda v: fmt(v)
+    md = ["<!-- proxy:begin -->", "## Proxies side by side: edgemesh, nginx, HAProxy, socat", "",
+          f"Produced by `bench/run.sh` on {datetime.date.today()}: release build, every scenario "
+          f"run {ROUNDS} times per contender ({DURATION} s each), contenders alternating; medians "
+          "shown. Proxy CPU is the share of its one core the contender used during the run.", "",
+          *[f"- {k}: {v}" for k, v in machine.items()], ""]
+    S = results
+    if "http" in S:
+        md += ["### HTTP/1.1 keep-alive, small response (wrk, 64 connections)", "",
+               table(S, "http", [("requests/s", "rps", rps), ("p50", "p50", ms), ("p99", "p99", ms)]),
+               "", ratio_line(S, "http", "rps", {"nginx": 1.2, "haproxy": 1.0}, label="requests/s"),
+               ratio_line(S, "http", "p99", {"nginx": 1.0}, lower_is_better=True, label="p99 latency"),
+               ""]
+    if "https" in S:
+        md += ["### HTTPS keep-alive (TLS 1.3, ECDSA P-256; wrk, 64 connections)", "",
+               table(S, "https", [("requests/s", "rps", rps), ("p50", "p50", ms), ("p99", "p99", ms)]),
+               "", ratio_line(S, "https", "rps", label="requests/s"), ""]
+    if "tls_new" in S:
+        for who in S["tls_new"]:
+            for f in S["tls_new"][who]:
+                f["per_cpu"] = f["rps"] / max(f["cpu"], 1e-9)
+        md += ["### New TLS connections (full TLS 1.3 handshakes, one request each; wrk with "
+               "`Connection: close`)", "",
+               "Session resumption is off on every contender, so each connection is a full "
+               "handshake. wrk's side of a handshake (on the load core) costs about as much as "
+               "the proxy's, so the load generator can bound the rate; handshakes per proxy "
+               "CPU-second compares the proxies' own cost.", "",
+               table(S, "tls_new", [("handshakes/s", "rps", rps),
+                                    ("handshakes per proxy CPU-second", "per_cpu", rps)]), "",
+               ratio_line(S, "tls_new", "rps", {"nginx": 1.8}, label="handshakes/s"),
+               ratio_line(S, "tls_new", "per_cpu", label="handshakes per CPU-second"), ""]
+    if "h2" in S:
+        md += ["### HTTP/2 over TLS (h2load, 32 connections x 10 streams)", "",
+               table(S, "h2", [("requests/s", "rps", rps)]), "",
+               ratio_line(S, "h2", "rps", label="requests/s"), ""]
+    if "tcp_bulk" in S:
+        for who in S["tcp_bulk"]:
+            for f in S["tcp_bulk"][who]:
+                f["per_cpu"] = f["gbs"] / max(f["cpu"], 1e-9)
+        md += ["### TCP bulk throughput (iperf3, one stream, through the proxy)", "",
+               "iperf3's client and server share the load core, so they can bound the rate "
+               "before the proxy does; GB per proxy CPU-second compares the proxies' own cost.", "",
+               table(S, "tcp_bulk", [("GB/s", "gbs", lambda v: f"{v:.2f}"),
+                                     ("GB per proxy CPU-second", "per_cpu", lambda v: f"{v:.2f}")]),
+               "",
+               ratio_line(S, "tcp_bulk", "gbs", {"haproxy": 1.0, "socat": 2.0}, label="throughput"),
+               ratio_line(S, "tcp_bulk", "per_cpu", label="GB per CPU-second"), ""]
+    if "tcp_new" in S:
+        md += ["### New TCP connections (one HTTP exchange each through the TCP proxy; wrk with "
+               "`Connection: close`)", "",
+               table(S, "tcp_new", [("connections/s", "rps", rps), ("p99", "p99", ms)]), "",
+               ratio_line(S, "tcp_new", "rps", {"socat": 5.0}, label="connections/s"), ""]
+    if "churn" in S:
+        md += ["### Topology churn: HTTP/1.1 keep-alive while the pool changes 10 times a second", "",
+               "edgemesh: `PUT /pools/app` on the admin API (published into the replicated state, "
+               "as ECS discovery does); nginx: upstream file rewritten and `nginx -s reload` "
+               "(SIGHUP); HAProxy: `set server` on its runtime API.", "",
+               table(S, "churn", [("requests/s", "rps", rps), ("p99", "p99", ms),
+                                  ("changes/s", "changes_per_s", lambda v: f"{v:.1f}")]), "",
+               ratio_line(S, "churn", "rps", label="requests/s"),
+               ratio_line(S, "churn", "p99", lower_is_better=True, label="p99 latency"), ""]
+    if "memory" in S:
+        md += [f"### Memory: resident set idle, and with {IDLE_CONNS:,} idle keep-alive connections", "",
+               "Idle: after start-up and one request. Held: every connection has made one request "
+               "and stays open. nginx counts master and worker.", "",
+               "| contender | idle RSS | RSS with the connections held | per connection |",
+               "|---|---:|---:|---:|"]
+        for who, m in S["memory"].items():
+            if "held_kib" in m:
+                md.append(f"| {who} | {m['idle_kib'] / 1024:.1f} MiB | {m['held_kib'] / 1024:.1f} MiB "
+                          f"| {m['per_conn_kib']:.1f} KiB |")
+            else:
+                md.append(f"| {who} | {m['idle_kib'] / 1024:.1f} MiB | | |")
+        e = S["memory"]["edgemesh"]["idle_kib"] / 1024
+        md += ["", f"- edgemesh idle RSS: {e:.1f} MiB (target <= 20 MiB: "
+                   f"{'met' if e <= 20 else 'NOT met'})", ""]
+    md.append("<!-- proxy:end -->")
+    return "\n".join(md)
+
+
+def machine():
+    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    v = lambda *a: subprocess.run(a, capture_output=True, text=True)
+    return {
+        "Machine": f"{os.cpu_count()} x {cpu}, {mem / 1048576:.0f} GiB, Linux {os.uname().release}",
+        "Layout": f"every proxy alone on CPU {PROXY_CPU} (one worker process or thread); load "
+                  f"generators, backends and this script on CPU {LOAD_CPU}",
+        "Backend": "nginx returning a 13-byte body (two ports, for churn); iperf3 server for bulk TCP",
+        "Versions": "; ".join([
+            "edgemesh " + v(EDGE, "--version").stdout.split()[1] + " (" + v("rustc", "--version").stdout.strip() + ")",
+            v("nginx", "-v").stderr.strip().split(": ")[1],
+            "HAProxy " + v("haproxy", "-v").stdout.split()[2],
+            "socat " + re.search(r"socat version (\S+)", v("socat", "-V").stdout).group(1),
+            "wrk " + v("wrk", "-v").stdout.split()[1],
+            "h2load " + v("h2load", "--version").stdout.split()[1],
+            v("iperf3", "--version").stdout.split("(")[0].strip(),
+            v("openssl", "version").stdout.split(" (")[0].strip(),
+        ]),
+    }
+
+
+def main():
+    if sys.argv[1:2] == ["--report"]:
+        # Re-renders the section from a saved run: bench/proxies.py --report bench/out/results.json
+        results = json.load(open(sys.argv[2]))
+        print(report(results, json.load(open(os.path.join(os.path.dirname(sys.argv[2]), "machine.json")))))
+        return
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_FD_HARD, _FD_HARD))
+    os.makedirs(OUT, exist_ok=True)
+    key, crt, pem = cert()
+    procs = start_backends()
+    contenders = {}
+    try:
+        contenders["edgemesh"] = start_edgemesh(crt, key)
+        contenders["nginx"] = start_nginx(crt, key)
+        contenders["haproxy"] = start_haproxy(pem)
+        contenders["socat"] = start_socat()
+        for c in contenders.values():
+            for port in c.ports.values():
+                wait_port(port, c.name)
+        # The one-node mesh elects itself before its pools can be published.
+        t0 = time.time()
+        while time.time() - t0 < 20:
+            try:
+                if json.loads(sh("curl", "-sf", f"http://127.0.0.1:{EDGE_ADMIN}/members"))["election"]["acting"]:
+                    break
+            except (subprocess.CalledProcessError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        for c in contenders.values():
+            url = f"http://127.0.0.1:{c.ports['http'] if 'http' in c.ports else c.ports['tcp_new']}/"
+            sh("curl", "-sf", "-o", "/dev/null", "-H", "Host: bench.test", url)
+        results = {}
+        mem = {who: {"idle_kib": c.rss_kib()}
+               for who, c in contenders.items()}
+        for scen in SCENARIOS:
+            if scen == "memory":
+                for who in ("edgemesh", "nginx", "haproxy"):
+                    m = idle_memory(contenders[who])
+                    mem[who].update(m)
+                    print(f"memory    {who:9} " + " ".join(f"{k}={v:.4g}" for k, v in m.items()), flush=True)
+                results["memory"] = mem
+            else:
+                rounds(scen, contenders, results)
+        mach = machine()
+        json.dump(mach, open(os.path.join(OUT, "machine.json"), "w"), indent=1)
+        json.dump(results, open(os.path.join(OUT, "results.json"), "w"), indent=1)
+        md = report(results, mach)
+        print(md)
+        if set(SCENARIOS) == set(ALL):
+            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "section.py"), "proxy"],
+                           input=md, text=True, check=True)
+    finally:
+        for c in contenders.values():
+            c.proc.terminate()
+            for o in getattr(c, "others", []):
+                o.terminate()
+        for p in procs:
+            p.terminate()
+        for c in contenders.values():
+            c.proc.wait()
+
+
+if __name__ == "__main__":
+    main()
