@@ -28,7 +28,7 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OUT = os.path.join(ROOT, "bench", "out")
 EDGE = os.environ.get("EDGEMESH_BIN", os.path.join(ROOT, "target", "release", "edgemesh"))
-MESHCTL = os.path.join(ROOT, "target", "release", "meshctl")
+MESHCTL = os.path.join(os.path.dirname(EDGE), "meshctl")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNS = int(os.environ.get("CONNS", "64"))
@@ -187,6 +187,13 @@ http {{
     return f"{d}/nginx.conf"
 
 
+# nginx as the equivalent reverse proxy: pooled keep-alive upstream connections, the same
+# forwarding headers edgemesh sets.
+NGINX_PROXY = """proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection '';
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;"""
+
+
 def nginx_upstream(port):
     return f"upstream app {{ server 127.0.0.1:{port}; keepalive 128; }}"
 
@@ -269,18 +276,15 @@ bootstrap_expect = 1
 
 def start_nginx(crt, key):
     p = PORTS["nginx"]
-    proxy = """proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection '';
-      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_set_header X-Forwarded-Proto $scheme;"""
     d = os.path.join(OUT, "nginx")
     os.makedirs(d, exist_ok=True)
     write(f"{d}/upstream.conf", nginx_upstream(BACKEND))
     conf = nginx_conf("nginx", f"""
-  server {{ listen 127.0.0.1:{p['http']} backlog=4096; location / {{ {proxy} }} }}
+  server {{ listen 127.0.0.1:{p['http']} backlog=4096; location / {{ {NGINX_PROXY} }} }}
   server {{ listen 127.0.0.1:{p['https']} ssl http2 backlog=4096;
     ssl_certificate {crt}; ssl_certificate_key {key}; ssl_protocols TLSv1.3;
     ssl_session_cache off; ssl_session_tickets off;
-    location / {{ {proxy} }} }}""", upstream=f"include {d}/upstream.conf;")
+    location / {{ {NGINX_PROXY} }} }}""", upstream=f"include {d}/upstream.conf;")
     c = Contender("nginx", ["nginx", "-c", conf, "-g", "daemon off;"])
     c.upstream_file = f"{d}/upstream.conf"
     return c
@@ -387,6 +391,17 @@ def iperf(port):
 
 # ---------------------------------------------------------------- churn drivers
 
+def edge_admin(method, path, body=None):
+    """One request to edgemesh's admin API: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", EDGE_ADMIN, timeout=5)
+    try:
+        conn.request(method, path, body)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
 class Churn(threading.Thread):
     """Changes a contender's pool between the two backend ports 10 times a second."""
 
@@ -397,13 +412,9 @@ class Churn(threading.Thread):
     def change(self, port):
         name = self.c.name
         if name == "edgemesh":
-            conn = http.client.HTTPConnection("127.0.0.1", EDGE_ADMIN, timeout=5)
-            conn.request("PUT", "/pools/app", json.dumps([f"127.0.0.1:{port}"]))
-            r = conn.getresponse()
-            body = r.read().decode()
-            conn.close()
-            if r.status != 200:
-                raise RuntimeError(f"PUT /pools/app: {r.status} {body}")
+            status, body = edge_admin("PUT", "/pools/app", json.dumps([f"127.0.0.1:{port}"]))
+            if status != 200:
+                raise RuntimeError(f"PUT /pools/app: {status} {body}")
         elif name == "nginx":
             write(self.c.upstream_file, nginx_upstream(port))
             os.kill(self.c.pid, signal.SIGHUP)
@@ -487,31 +498,15 @@ def measure(c, fn):
     t0, (user0, kernel0) = time.time(), c.cpu_secs()
     r = fn()
     user1, kernel1 = c.cpu_secs()
-    r["cpu"] = (user1 - user0 + kernel1 - kernel0) / (time.time() - t0)
+    elapsed = time.time() - t0
+    r["cpu"] = (user1 - user0 + kernel1 - kernel0) / elapsed
     # CPU time per request or connection, in microseconds, split user / kernel.
-    done = r.get("rps", 0) * (time.time() - t0)
+    done = r.get("rps", 0) * elapsed
     if done:
         r["user_us"] = (user1 - user0) / done * 1e6
         r["kernel_us"] = (kernel1 - kernel0) / done * 1e6
     c.alive()
     return r
-
-
-SCENARIO_DEF = {
-    "http": (["edgemesh", "nginx", "haproxy"],
-             lambda c: wrk(f"http://127.0.0.1:{c.ports['http']}/")),
-    "https": (["edgemesh", "nginx", "haproxy"],
-              lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/")),
-    "tls_new": (["edgemesh", "nginx", "haproxy"],
-                lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/",
-                              ["-H", "Connection: close"])),
-    "h2": (["edgemesh", "nginx", "haproxy"],
-           lambda c: h2load(f"https://127.0.0.1:{c.ports['https']}/")),
-    "tcp_bulk": (["edgemesh", "haproxy", "socat"], lambda c: iperf(c.ports["tcp_bulk"])),
-    "tcp_new": (["edgemesh", "haproxy", "socat"],
-                lambda c: wrk(f"http://127.0.0.1:{c.ports['tcp_new']}/",
-                              ["-H", "Connection: close"])),
-}
 
 
 def run_churn(c):
@@ -529,7 +524,24 @@ def run_churn(c):
     return r
 
 
-SCENARIO_DEF["churn"] = (["edgemesh", "nginx", "haproxy"], run_churn)
+SCENARIO_DEF = {
+    "http": (["edgemesh", "nginx", "haproxy"],
+             lambda c: wrk(f"http://127.0.0.1:{c.ports['http']}/")),
+    "https": (["edgemesh", "nginx", "haproxy"],
+              lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/")),
+    "tls_new": (["edgemesh", "nginx", "haproxy"],
+                lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/",
+                              ["-H", "Connection: close"])),
+    "h2": (["edgemesh", "nginx", "haproxy"],
+           lambda c: h2load(f"https://127.0.0.1:{c.ports['https']}/")),
+    "tcp_bulk": (["edgemesh", "haproxy", "socat"], lambda c: iperf(c.ports["tcp_bulk"])),
+    "tcp_new": (["edgemesh", "haproxy", "socat"],
+                lambda c: wrk(f"http://127.0.0.1:{c.ports['tcp_new']}/",
+                              ["-H", "Connection: close"])),
+    "churn": (["edgemesh", "nginx", "haproxy"], run_churn),
+}
+
+
 
 
 def rounds(name, contenders, results):
@@ -554,10 +566,10 @@ def med(results, scen, who, key):
     return statistics.median(f[key] for f in results[scen][who])
 
 
-def fmt(v, unit=""):
+def fmt(v):
     if v >= 1000:
-        return f"{v:,.0f}{unit}"
-    return f"{v:.3g}{unit}"
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
 
 
 def table(results, scen, cols):
@@ -598,7 +610,7 @@ def ratio_line(results, scen, key, target=None, lower_is_better=False, label=Non
 
 def report(results, machine):
     ms = lambda v: f"{v:.2f} ms"
-    rps = lambda v: fmt(v)
+    rps = fmt
     md = ["<!-- proxy:begin -->", "## Proxies side by side: edgemesh, nginx, HAProxy, socat", "",
           f"Produced by `bench/run.sh` on {datetime.date.today()}: release build, every scenario "
           f"run {ROUNDS} times per contender ({DURATION} s each), contenders alternating; medians "
@@ -724,9 +736,9 @@ def main():
         t0 = time.time()
         while time.time() - t0 < 20:
             try:
-                if json.loads(sh("curl", "-sf", f"http://127.0.0.1:{EDGE_ADMIN}/members"))["election"]["acting"]:
+                if json.loads(edge_admin("GET", "/members")[1])["election"]["acting"]:
                     break
-            except (subprocess.CalledProcessError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.1)
         for c in contenders.values():

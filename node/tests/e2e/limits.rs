@@ -157,8 +157,9 @@ async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
         0,
         "a smuggling vector reached the upstream"
     );
+    // Every vector above was refused and counted.
     let m = metrics(&node).await;
-    assert!(m.contains("edgemesh_malformed_requests_total"), "{m}");
+    assert!(m.contains("edgemesh_malformed_requests_total 5\n"), "{m}");
 
     // A well-formed request does reach it; it never answers: 504 after the response timeout.
     let started = Instant::now();
@@ -297,7 +298,7 @@ async fn the_connection_limit_pauses_accepting_and_recovers() {
     assert!(early.is_err(), "served beyond the connection limit");
     let m = metrics(&node).await;
     assert!(
-        m.contains("edgemesh_accept_pauses_total{listener=\"web\"}"),
+        m.contains("edgemesh_accept_pauses_total{listener=\"web\"} 1\n"),
         "{m}"
     );
     // One closes: the waiting client is served.
