@@ -37,7 +37,7 @@ CONNS = int(os.environ.get("CONNS", "64"))
 _FD_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 IDLE_CONNS = min(int(os.environ.get("IDLE_CONNS", "10000")), (_FD_HARD - 400) // 2)
 LOAD_CPU, PROXY_CPU = "0", "1"
-ALL = ["http", "https", "tls_new", "h2", "tcp_bulk", "tcp_new", "churn", "memory"]
+ALL = ["http", "https", "tls_new", "h2", "tcp_bulk", "tcp_new", "churn", "access_log", "memory"]
 SCENARIOS = os.environ.get("SCENARIOS", ",".join(ALL)).split(",")
 
 # Ports. Backends: HTTP (two, identical, for pool churn) and iperf3.
@@ -47,8 +47,11 @@ PORTS = {
     "nginx": {"http": 18281, "https": 18283},
     "haproxy": {"http": 18381, "https": 18383, "tcp_bulk": 18384, "tcp_new": 18385},
     "socat": {"tcp_bulk": 18484, "tcp_new": 18485},
+    # The same edgemesh configuration with the access log on (JSON lines to a file).
+    "edgemesh_log": {"http": 18582, "https": 18583, "tcp_bulk": 18584, "tcp_new": 18585},
 }
 EDGE_ADMIN, EDGE_GOSSIP = 19901, 17946
+EDGE_LOG_ADMIN, EDGE_LOG_GOSSIP = 19902, 17956
 
 
 def sh(*args, **kw):
@@ -210,11 +213,11 @@ def start_backends():
     return procs
 
 
-def start_edgemesh(crt, key):
-    p = PORTS["edgemesh"]
-    d = os.path.join(OUT, "edgemesh-data")
+def start_edgemesh(crt, key, name="edgemesh", admin=EDGE_ADMIN, gossip=EDGE_GOSSIP, extra=""):
+    p = PORTS[name]
+    d = os.path.join(OUT, f"{name}-data")
     write(os.path.join(OUT, "cluster.key"), sh(MESHCTL, "keygen"))
-    conf = os.path.join(OUT, "edgemesh.toml")
+    conf = os.path.join(OUT, f"{name}.toml")
     # Session resumption is off on every contender: wrk and h2load resume sessions when the
     # server lets them, and the new-connection scenario measures full handshakes.
     # A one-node mesh: pools change the way they do in production (published by the leader
@@ -222,8 +225,9 @@ def start_edgemesh(crt, key):
     write(conf, f"""
 [node]
 data_dir = "{d}"
-admin_addr = "127.0.0.1:{EDGE_ADMIN}"
+admin_addr = "127.0.0.1:{admin}"
 watch_config = false
+{extra}
 [tls]
 local_ca = false
 default_cert = "bench.test"
@@ -262,15 +266,15 @@ endpoints = ["127.0.0.1:{BACKEND}"]
 [pools.iperf]
 endpoints = ["127.0.0.1:{IPERF}"]
 [gossip]
-bind = "127.0.0.1:{EDGE_GOSSIP}"
-node_id = "bench"
+bind = "127.0.0.1:{gossip}"
+node_id = "{name}"
 seeds = []
 key_file = "{OUT}/cluster.key"
 bootstrap_expect = 1
 """)
     sh(EDGE, "check-config", conf)
-    c = Contender("edgemesh", [EDGE, "--config", conf], {"EDGEMESH_LOG": "warn"})
-    wait_port(EDGE_ADMIN, "edgemesh admin")
+    c = Contender(name, [EDGE, "--config", conf], {"EDGEMESH_LOG": "warn"})
+    wait_port(admin, f"{name} admin")
     return c
 
 
@@ -539,6 +543,8 @@ SCENARIO_DEF = {
                 lambda c: wrk(f"http://127.0.0.1:{c.ports['tcp_new']}/",
                               ["-H", "Connection: close"])),
     "churn": (["edgemesh", "nginx", "haproxy"], run_churn),
+    "access_log": (["edgemesh", "edgemesh_log"],
+                   lambda c: wrk(f"http://127.0.0.1:{c.ports['http']}/")),
 }
 
 
@@ -548,7 +554,7 @@ def rounds(name, contenders, results):
     names, fn = SCENARIO_DEF[name]
     cs = [contenders[n] for n in names]
     for c in cs:  # warm-up: connections, caches, pools
-        if name in ("http", "https", "churn"):
+        if name in ("http", "https", "churn", "access_log"):
             wrk(f"http://127.0.0.1:{c.ports['http']}/", duration=2)
     for r in range(ROUNDS):
         order = cs[r % len(cs):] + cs[:r % len(cs)]
@@ -671,6 +677,15 @@ def report(results, machine):
                                   ("changes/s", "changes_per_s", lambda v: f"{v:.1f}")]), "",
                ratio_line(S, "churn", "rps", label="requests/s"),
                ratio_line(S, "churn", "p99", lower_is_better=True, label="p99 latency"), ""]
+    if "access_log" in S:
+        off, on = (med(S, "access_log", w, "rps") for w in ("edgemesh", "edgemesh_log"))
+        md += ["### Access log cost: HTTP/1.1 keep-alive with and without the access log", "",
+               "The same edgemesh configuration twice, one with `[access_log]` writing JSON lines to "
+               "a file (every request logged).", "",
+               table(S, "access_log", [("requests/s", "rps", rps), ("p99", "p99", ms),
+                                       ("user µs/req", "user_us", lambda v: f"{v:.2f}")]), "",
+               f"- with the log: {on / off:.3f}x the requests/s without (target >= 0.95: "
+               f"{'met' if on / off >= 0.95 else 'NOT met'})", ""]
     if "memory" in S:
         md += [f"### Memory: resident set idle, and with {IDLE_CONNS:,} idle keep-alive connections", "",
                "Idle: after start-up and one request. Held: every connection has made one request "
@@ -729,6 +744,10 @@ def main():
         contenders["nginx"] = start_nginx(crt, key)
         contenders["haproxy"] = start_haproxy(pem)
         contenders["socat"] = start_socat()
+        log_path = os.path.join(OUT, "access.log")
+        contenders["edgemesh_log"] = start_edgemesh(
+            crt, key, "edgemesh_log", EDGE_LOG_ADMIN, EDGE_LOG_GOSSIP,
+            f'[access_log]\nformat = "json"\npath = "{log_path}"\n')
         for c in contenders.values():
             for port in c.ports.values():
                 wait_port(port, c.name)

@@ -11,12 +11,14 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # dnsmasq is the DNS server the DNS-pool tests query; pebble (with pebble-challtestsrv) is
 # Let's Encrypt's test CA the ACME tests order from.
 # iproute2 and nftables build the chaos tests' network namespaces and their faults.
+# testssl.sh grades an HTTPS listener's TLS posture.
 if ! command -v curl >/dev/null 2>&1 || ! curl -V | grep -q HTTP2 \
   || ! command -v dnsmasq >/dev/null 2>&1 || ! command -v pebble >/dev/null 2>&1 \
-  || ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+  || ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 \
+  || ! command -v testssl >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl dnsmasq-base pebble \
-    iproute2 nftables
+    iproute2 nftables testssl.sh
 fi
 # The AWS API emulator the ECS tests talk to (scripts/moto_ecs.py patches its ECS model;
 # the patches were written against this version).
@@ -42,12 +44,17 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
-rm -f target/chaos-report.md
+rm -f target/chaos-report.md target/testssl-report.md
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 scripts/chaos-report.sh
+if [ -s target/testssl-report.md ]; then
+  { echo "# testssl.sh against edgemesh"; echo; echo "Written by scripts/test.sh from the end-to-end test \`hardening::testssl_finds_nothing_high_or_critical\`; the test fails on any HIGH or CRITICAL finding."; echo; cat target/testssl-report.md; } > TESTSSL.md
+  echo "== testssl.sh summary (written to TESTSSL.md)"
+  head -14 target/testssl-report.md
+fi
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -321,6 +321,14 @@ impl Daemon {
             config.limits.clone(),
             workers,
         ));
+        proxy
+            .set_access_log(config.access_log.as_ref())
+            .map_err(|e| ConfigError {
+                file: config.file.clone(),
+                line: None,
+                key: Some("access_log.path".into()),
+                message: format!("cannot open: {e}"),
+            })?;
         let config_data_dir = config.data_dir.clone();
         // Cold start: the certificates this node kept serve before the mesh answers.
         let acme_certs: BTreeMap<String, crate::acme::CertRecord> =
@@ -504,6 +512,10 @@ impl Daemon {
         let acme = acme_entries(&self.acme_certs.lock().expect("acme lock"));
         let (certs, default) = crate::certs::build(&new, &self.tls_hosts(&new), &acme)
             .map_err(|e| format!("{e:#}"))?;
+        // Last of the checks that can fail without undoing anything.
+        self.proxy
+            .set_access_log(new.access_log.as_ref())
+            .map_err(|e| format!("access_log.path: cannot open: {e}"))?;
         let old_certs = self.proxy.certs().entries();
         let old_status = self.proxy.certs().status();
         let old_default = old_status.iter().position(|c| c.default);

@@ -180,6 +180,7 @@ pub fn label_routes(
                 path_prefix: route.path_prefix,
                 pool: pool.clone(),
                 redirect_https: route.tls,
+                ..RouteSpec::default()
             });
             used = true;
         }
@@ -193,6 +194,7 @@ pub fn label_routes(
                 .map(|addr| EndpointSpec { addr, weight: 1 })
                 .collect(),
             balance: edgemesh_proxy::Balance::RoundRobin,
+            health_check: None,
         });
     }
     out
@@ -224,6 +226,7 @@ mod tests {
                     weight: 1,
                 }],
                 balance: Balance::RoundRobin,
+                health_check: None,
             }],
             ..TableSpec::default()
         };
@@ -282,6 +285,7 @@ mod tests {
                 path_prefix: "/".into(),
                 pool: "web".into(),
                 redirect_https: true,
+                ..RouteSpec::default()
             }],
             ..TableSpec::default()
         };

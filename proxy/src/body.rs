@@ -1,6 +1,7 @@
 //! Body and stream wrappers that count relayed bytes and keep an endpoint's in-flight count
 //! until the exchange really ends (the last body frame, not the response headers).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +12,34 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
+use crate::access_log::PendingLog;
 use crate::pool::{now_ms, InFlight};
 use crate::upstream;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why this proxy ended a body early (the error its reader sees).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Cut {
+    #[error("request body is larger than the route's limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("the route's timeout passed")]
+    Timeout,
+}
+
+impl Cut {
+    /// Finds a `Cut` in an error's source chain.
+    pub fn find<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Cut> {
+        loop {
+            if let Some(c) = e.downcast_ref::<Cut>() {
+                return Some(c);
+            }
+            e = e.source()?;
+        }
+    }
+}
 
 /// Counts data bytes locally and adds them to the shared counter once, on drop, so streaming
 /// a GiB costs no shared atomic per chunk. A response body also carries its upstream
@@ -26,6 +52,14 @@ pub struct Metered<B> {
     ended: bool,
     _in_flight: Option<InFlight>,
     upstream: Option<upstream::Conn>,
+    /// Data bytes past this end the body with [`Cut::TooLarge`].
+    limit: Option<u64>,
+    /// The body ends with [`Cut::Timeout`] when this fires.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Told the byte count when the body is dropped: the access log's record (response
+    /// bodies) or the request size it reads (request bodies).
+    log: Option<Box<PendingLog>>,
+    bytes_seen: Option<Arc<AtomicU64>>,
 }
 
 impl<B: Body> Metered<B> {
@@ -42,7 +76,32 @@ impl<B: Body> Metered<B> {
             counter,
             _in_flight: in_flight,
             upstream,
+            limit: None,
+            deadline: None,
+            log: None,
+            bytes_seen: None,
         }
+    }
+
+    pub fn limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    pub fn deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self
+    }
+
+    pub fn log(mut self, log: Option<Box<PendingLog>>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Stores the byte count in `seen` when dropped.
+    pub fn report_to(mut self, seen: Option<Arc<AtomicU64>>) -> Self {
+        self.bytes_seen = seen;
+        self
     }
 }
 
@@ -56,29 +115,48 @@ impl<B> Drop for Metered<B> {
                 c.release();
             }
         }
+        if let Some(seen) = &self.bytes_seen {
+            seen.store(self.bytes, Ordering::Relaxed);
+        }
+        if let Some(log) = self.log.take() {
+            log.finish(self.bytes);
+        }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(d) = &mut self.deadline {
+            if d.as_mut().poll(cx).is_ready() {
+                self.deadline = None;
+                return Poll::Ready(Some(Err(Cut::Timeout.into())));
+            }
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
+                    if let Some(limit) = self.limit.filter(|&l| self.bytes > l) {
+                        return Poll::Ready(Some(Err(Cut::TooLarge(limit).into())));
+                    }
                 }
                 self.ended = self.inner.is_end_stream();
             }
             None => self.ended = true,
             Some(Err(_)) => {}
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -96,6 +174,8 @@ pub struct Counted<S> {
     inner: S,
     counter: Counter,
     last_activity: Arc<AtomicU64>,
+    /// Bytes read so far.
+    pub total: u64,
 }
 
 impl<S> Counted<S> {
@@ -104,6 +184,7 @@ impl<S> Counted<S> {
             inner,
             counter,
             last_activity,
+            total: 0,
         }
     }
 }
@@ -118,6 +199,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
+            self.total += n;
             self.counter.inc_by(n);
             self.last_activity.store(now_ms(), Ordering::Relaxed);
         }

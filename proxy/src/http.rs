@@ -6,21 +6,24 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use crate::body::Metered;
+use crate::access_log::{HttpRecord, PendingLog};
+use crate::body::{Cut, Metered};
 use crate::pool::{now_ms, Pool};
-use crate::route::normalize_host;
+use crate::route::{normalize_host, Route};
 use crate::server::Shared;
 use crate::upstream;
 
@@ -33,6 +36,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client address as an `X-Forwarded-For` value, formatted once per connection.
     client_ip: HeaderValue,
+    /// Negotiated TLS version and the client's SNI, for the access log.
+    pub tls_version: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -42,8 +48,20 @@ impl ConnInfo {
             peer,
             tls,
             client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            tls_version: None,
+            sni: None,
         }
     }
+}
+
+/// What routing learnt about an exchange that the response does not carry, for the access log.
+#[derive(Debug, Default)]
+struct Outcome {
+    upstream: Option<SocketAddr>,
+    /// Request sent until response head received.
+    upstream_time: Option<std::time::Duration>,
+    /// Set when logging: the request body stores its size here when dropped.
+    bytes_in: Option<Arc<AtomicU64>>,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -57,7 +75,58 @@ pub async fn handle(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
-    Ok(route(&shared, &conn, req).await)
+    let Some(log) = shared.access_log.load_full().filter(|l| l.sampled()) else {
+        return Ok(route(&shared, &conn, req, &mut Outcome::default()).await);
+    };
+    let started = Instant::now();
+    let h = req.headers();
+    let record = HttpRecord {
+        time: SystemTime::now(),
+        client: conn.peer,
+        host: req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| h.get(header::HOST).cloned()),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        upstream: None,
+        upstream_time: None,
+        total_time: Default::default(),
+        tls_version: conn.tls_version,
+        sni: conn.sni.clone(),
+        referer: h.get(header::REFERER).cloned(),
+        user_agent: h.get(header::USER_AGENT).cloned(),
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let mut outcome = Outcome {
+        bytes_in: Some(bytes_in.clone()),
+        ..Outcome::default()
+    };
+    let resp = route(&shared, &conn, req, &mut outcome).await;
+    let pending = Box::new(PendingLog {
+        log,
+        record: HttpRecord {
+            status: resp.status().as_u16(),
+            upstream: outcome.upstream,
+            upstream_time: outcome.upstream_time,
+            ..record
+        },
+        started,
+        bytes_in,
+    });
+    // The line is written when the response body ends (bytes out and total time known).
+    Ok(resp.map(|b| match b {
+        Either::Left(m) => Either::Left(m.log(Some(pending))),
+        Either::Right(full) => {
+            pending.finish(full.size_hint().exact().unwrap_or(0));
+            Either::Right(full)
+        }
+    }))
 }
 
 /// Where ACME HTTP-01 validators ask for a token.
@@ -67,6 +136,7 @@ async fn route(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
+    outcome: &mut Outcome,
 ) -> Response<RespBody> {
     if let Some(why) = ambiguous_framing(&req) {
         // The connection closes after the answer: where this request's body ends is
@@ -110,18 +180,43 @@ async fn route(
         }
     }
     let pool = table.pools.get(&route.pool).cloned();
-    let pool_name = route.pool.clone();
+    let route = route.clone();
     drop(table);
     let Some(pool) = pool.filter(|p| !p.is_empty()) else {
         shared.metrics.unrouted(503);
         return local(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no running tasks for service {pool_name}\n"),
+            format!("no running tasks for service {}\n", route.pool),
         );
     };
-    let resp = forward(shared, conn, &host, &pool, req).await;
+    if let Some(limit) = route.max_body_bytes {
+        let declared = req.body().size_hint().exact();
+        if declared.is_some_and(|n| n > limit) {
+            pool.metrics.response(413);
+            return too_large(limit);
+        }
+    }
+    let mut resp = forward(shared, conn, &host, &pool, &route, req, outcome).await;
+    if conn.tls {
+        if let Some(v) = &route.hsts {
+            resp.headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| v.clone());
+        }
+    }
     pool.metrics.response(resp.status().as_u16());
     resp
+}
+
+fn too_large(limit: u64) -> Response<RespBody> {
+    let mut r = local(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {limit} bytes\n"),
+    );
+    // The rest of the body is not read: the connection cannot carry another request.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 async fn forward(
@@ -129,8 +224,11 @@ async fn forward(
     conn: &ConnInfo,
     host: &str,
     pool: &Pool,
+    route: &Route,
     mut req: Request<Incoming>,
+    outcome: &mut Outcome,
 ) -> Response<RespBody> {
+    let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if !parts.headers.contains_key(header::HOST) {
@@ -153,7 +251,9 @@ async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     parts.version = Version::HTTP_11;
-    let body = Metered::new(body, shared.bytes_up.clone(), None, None);
+    let body = Metered::new(body, shared.bytes_up.clone(), None, None)
+        .limit(route.max_body_bytes)
+        .report_to(outcome.bytes_in.take());
     let mut req = Request::from_parts(parts, Either::Left(body));
 
     // A connection is made (or taken from the pool) before anything is sent, so a refused
@@ -191,22 +291,29 @@ async fn forward(
         };
         let in_flight = ep.begin();
         let started = Instant::now();
-        let Ok(sent) = tokio::time::timeout(s.response_timeout, upstream.send(req)).await else {
+        outcome.upstream = Some(ep.addr);
+        let head_deadline = {
+            let d = tokio::time::Instant::now() + s.response_timeout;
+            deadline.map_or(d, |r| r.min(d))
+        };
+        let Ok(sent) = tokio::time::timeout_at(head_deadline, upstream.send(req)).await else {
             pool.metrics.timeouts.inc();
             pool.metrics.errors.inc();
-            warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = s.response_timeout.as_millis() as u64, "upstream sent no response head in time");
+            outcome.upstream_time = Some(started.elapsed());
+            warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = started.elapsed().as_millis() as u64, "upstream sent no response head in time");
             return local(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("upstream of service {} did not answer in time\n", pool.name),
             );
         };
+        outcome.upstream_time = Some(started.elapsed());
         match sent {
             Ok(resp) => {
                 pool.metrics
                     .latency
                     .observe(started.elapsed().as_secs_f64());
                 ep.mark_success();
-                return respond(shared, resp, upgrade, in_flight, upstream);
+                return respond(shared, resp, upgrade, in_flight, upstream, deadline);
             }
             Err(mut e) => match e.take_message() {
                 Some(unsent) if upstream.reused => {
@@ -214,6 +321,10 @@ async fn forward(
                     req = unsent;
                 }
                 _ => {
+                    if let Some(Cut::TooLarge(limit)) = Cut::find(e.error()) {
+                        debug!(pool = %pool.name, limit, "request body over the route's limit; cut");
+                        return too_large(*limit);
+                    }
                     pool.metrics.errors.inc();
                     warn!(pool = %pool.name, endpoint = %ep.addr, error = %source_chain(e.error()), "upstream request failed");
                     break;
@@ -263,6 +374,7 @@ fn respond(
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     in_flight: crate::pool::InFlight,
     upstream: upstream::Conn,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response<RespBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = upgrade {
@@ -288,12 +400,15 @@ fn respond(
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(|b| {
-        Either::Left(Metered::new(
-            b,
-            shared.bytes_down.clone(),
-            Some(in_flight),
-            Some(upstream),
-        ))
+        Either::Left(
+            Metered::new(
+                b,
+                shared.bytes_down.clone(),
+                Some(in_flight),
+                Some(upstream),
+            )
+            .deadline(deadline),
+        )
     })
 }
 

@@ -7,7 +7,9 @@
 //! connection or fails an in-flight request; a removed endpoint keeps its open TCP streams
 //! until one side closes.
 
+mod access_log;
 mod body;
+mod health;
 mod http;
 pub mod metrics;
 pub mod pool;
@@ -20,9 +22,11 @@ pub mod tls;
 mod upstream;
 mod workers;
 
+pub use access_log::{AccessLogSpec, LogFormat};
+pub use health::{CheckKind, HealthCheckSpec};
 pub use metrics::Metrics;
 pub use pool::{Balance, EndpointSpec, EndpointStatus, PoolSpec, PoolStatus};
-pub use route::RouteSpec;
+pub use route::{Hsts, RouteSpec};
 pub use server::{ListenerKind, ListenerSpec, ListenerStatus, Proxy, ProxySettings, ProxyStatus};
 pub use table::{TableSpec, TcpRouteSpec};
 pub use tls::{CertEntry, CertStatus, CertStore};

@@ -29,6 +29,12 @@ struct PoolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    pool: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: String,
 }
@@ -57,6 +63,9 @@ pub struct Metrics {
     timeouts: Family<PoolLabel, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     bad_requests: Counter,
+    access_log_dropped: Counter,
+    health_checks: Family<CheckLabels, Counter>,
+    fail_open: Family<PoolLabel, Counter>,
 }
 
 impl Metrics {
@@ -74,6 +83,9 @@ impl Metrics {
             timeouts: Family::default(),
             bytes: Family::default(),
             bad_requests: Counter::default(),
+            access_log_dropped: Counter::default(),
+            health_checks: Family::default(),
+            fail_open: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("edgemesh");
         r.register(
@@ -126,11 +138,38 @@ impl Metrics {
             "Requests refused as malformed or ambiguous (smuggling attempts included)",
             m.bad_requests.clone(),
         );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Active health checks, by pool and result (passed, failed)",
+            m.health_checks.clone(),
+        );
+        r.register(
+            "pool_fail_open",
+            "Requests sent to an unhealthy endpoint because no endpoint of the pool was healthy",
+            m.fail_open.clone(),
+        );
         m
     }
 
     pub(crate) fn pool(&self, pool: &str) -> PoolMetrics {
         let label = PoolLabel { pool: pool.into() };
+        // One statement per lookup: a family's read guard lives to the end of its statement,
+        // and a second lookup needing its write lock would wait for it forever.
+        let check = |result| {
+            self.health_checks
+                .get_or_create(&CheckLabels {
+                    pool: pool.into(),
+                    result,
+                })
+                .clone()
+        };
+        let checks_ok = check("passed");
+        let checks_failed = check("failed");
         PoolMetrics {
             by_class: CLASSES.map(|class| {
                 self.requests
@@ -144,6 +183,9 @@ impl Metrics {
             ejections: self.ejections.get_or_create(&label).clone(),
             errors: self.upstream_errors.get_or_create(&label).clone(),
             timeouts: self.timeouts.get_or_create(&label).clone(),
+            checks_ok,
+            checks_failed,
+            fail_open: self.fail_open.get_or_create(&label).clone(),
         }
     }
 
@@ -180,6 +222,10 @@ impl Metrics {
             .clone()
     }
 
+    pub(crate) fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
+    }
+
     pub(crate) fn bad_request(&self) {
         self.bad_requests.inc();
     }
@@ -192,6 +238,9 @@ pub(crate) struct PoolMetrics {
     pub ejections: Counter,
     pub errors: Counter,
     pub timeouts: Counter,
+    pub checks_ok: Counter,
+    pub checks_failed: Counter,
+    pub fail_open: Counter,
 }
 
 impl PoolMetrics {

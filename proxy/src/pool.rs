@@ -7,12 +7,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
+use tracing::{info, warn};
 
+use crate::health::{CheckState, HealthCheckSpec};
 use crate::metrics::PoolMetrics;
 
 /// First ejection lasts this long; each further consecutive ejection doubles it.
@@ -47,6 +51,8 @@ pub struct PoolSpec {
     pub name: String,
     pub endpoints: Vec<EndpointSpec>,
     pub balance: Balance,
+    /// Active checks of every endpoint, on top of passive ejection.
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 /// One upstream address and what we know about its health.
@@ -61,6 +67,20 @@ pub struct Endpoint {
     consecutive_ejections: AtomicU32,
     /// `now_ms()` value until which the endpoint is ejected; 0 when healthy.
     ejected_until: AtomicU64,
+    pub(crate) check: EndpointCheck,
+}
+
+/// The active health check of one endpoint (see `health`).
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCheck {
+    pub spec: ArcSwapOption<HealthCheckSpec>,
+    pub state: Mutex<CheckState>,
+    /// Mirrors `state.down` for the request path.
+    pub down: AtomicBool,
+    /// A checker task is running for this endpoint.
+    pub running: AtomicBool,
+    /// Passed and failed checks of the endpoint's pool.
+    pub metrics: OnceLock<(Counter, Counter)>,
 }
 
 impl Endpoint {
@@ -74,11 +94,14 @@ impl Endpoint {
             ejections: AtomicU64::new(0),
             consecutive_ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            check: EndpointCheck::default(),
         }
     }
 
+    /// Neither ejected (passive health) nor down by its active check.
     pub fn is_available(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) <= now
+            && !self.check.down.load(Ordering::Relaxed)
     }
 
     /// Marks the start of a request or stream; the guard ends it.
@@ -115,8 +138,9 @@ impl Endpoint {
         EndpointStatus {
             addr: self.addr,
             weight: self.weight.load(Ordering::Relaxed),
-            healthy: until <= now,
+            healthy: self.is_available(now),
             ejected_for_ms: until.saturating_sub(now),
+            check: self.check_description(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
@@ -139,8 +163,11 @@ impl Drop for InFlight {
 pub struct EndpointStatus {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Usable: not ejected and not down by its active check.
     pub healthy: bool,
     pub ejected_for_ms: u64,
+    /// The active check's verdict and its reason.
+    pub check: Option<String>,
     pub in_flight: u64,
     pub requests: u64,
     pub failures: u64,
@@ -151,6 +178,9 @@ pub struct EndpointStatus {
 pub struct PoolStatus {
     pub name: String,
     pub balance: Balance,
+    pub health_check: Option<HealthCheckSpec>,
+    /// No endpoint is usable, so requests go to all of them.
+    pub failing_open: bool,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -162,12 +192,21 @@ pub struct Pool {
     /// Endpoint indexes interleaved by weight (smooth weighted round-robin, precomputed).
     schedule: Vec<u32>,
     next: AtomicUsize,
+    health_check: Option<HealthCheckSpec>,
+    /// Set while picks find no usable endpoint (logged on each change).
+    failing_open: AtomicBool,
     pub(crate) metrics: PoolMetrics,
 }
 
 impl Pool {
-    /// Builds a pool, reusing the endpoints of `previous` that keep their address.
-    pub(crate) fn build(spec: &PoolSpec, previous: Option<&Pool>, metrics: PoolMetrics) -> Pool {
+    /// Builds a pool, reusing the endpoints of `previous` that keep their address. Endpoints
+    /// that need a health checker started are pushed to `checkers`.
+    pub(crate) fn build(
+        spec: &PoolSpec,
+        previous: Option<&Pool>,
+        metrics: PoolMetrics,
+        checkers: &mut Vec<Arc<Endpoint>>,
+    ) -> Pool {
         let mut old: HashMap<SocketAddr, &Arc<Endpoint>> = previous
             .map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect())
             .unwrap_or_default();
@@ -184,6 +223,13 @@ impl Pool {
                 }
                 None => Arc::new(Endpoint::new(e.addr, weight)),
             };
+            let _ = ep
+                .check
+                .metrics
+                .set((metrics.checks_ok.clone(), metrics.checks_failed.clone()));
+            if ep.set_check(spec.health_check.as_ref()) {
+                checkers.push(ep.clone());
+            }
             endpoints.push(ep);
         }
         let weights: Vec<u32> = endpoints
@@ -197,6 +243,10 @@ impl Pool {
             schedule: smooth_schedule(&weights),
             endpoints,
             next: AtomicUsize::new(next),
+            health_check: spec.health_check.clone(),
+            failing_open: AtomicBool::new(
+                previous.is_some_and(|p| p.failing_open.load(Ordering::Relaxed)),
+            ),
             metrics,
         }
     }
@@ -216,16 +266,35 @@ impl Pool {
             Balance::RoundRobin => self.pick_round_robin(&usable),
             Balance::LeastRequests => self.pick_least_requests(&usable),
         };
-        chosen.or_else(|| {
-            // Fail open: everyone is ejected (or excluded); prefer anything but `exclude`.
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
+        if chosen.is_some() {
+            if self.failing_open.load(Ordering::Relaxed)
+                && self.failing_open.swap(false, Ordering::Relaxed)
+            {
+                info!(pool = %self.name, "an endpoint is usable again; no longer failing open");
+            }
+            return chosen;
+        }
+        let all_down = exclude.is_none() || self.endpoints.iter().all(|e| !e.is_available(now));
+        if all_down {
+            self.metrics.fail_open.inc();
+            if !self.failing_open.swap(true, Ordering::Relaxed) {
+                warn!(pool = %self.name, endpoints = self.endpoints.len(), "no endpoint is healthy; failing open to all of them");
+            }
+        }
+        {
+            // Fail open: everyone is ejected or down (or excluded); prefer anything but
+            // `exclude`. Round-robin has already advanced `next` for this pick.
+            let start = match self.balance {
+                Balance::RoundRobin => self.next.load(Ordering::Relaxed),
+                Balance::LeastRequests => self.next.fetch_add(1, Ordering::Relaxed),
+            };
             let n = self.endpoints.len();
             (0..n)
                 .map(|i| &self.endpoints[(start + i) % n])
                 .find(|e| Some(e.addr) != exclude)
                 .or_else(|| exclude.is_none().then(|| &self.endpoints[start % n]))
                 .cloned()
-        })
+        }
     }
 
     fn pick_round_robin(&self, usable: &dyn Fn(&Arc<Endpoint>) -> bool) -> Option<Arc<Endpoint>> {
@@ -263,10 +332,13 @@ impl Pool {
     }
 
     pub fn status(&self, now: u64) -> PoolStatus {
+        let endpoints: Vec<EndpointStatus> = self.endpoints.iter().map(|e| e.status(now)).collect();
         PoolStatus {
             name: self.name.to_string(),
             balance: self.balance,
-            endpoints: self.endpoints.iter().map(|e| e.status(now)).collect(),
+            health_check: self.health_check.clone(),
+            failing_open: !endpoints.is_empty() && endpoints.iter().all(|e| !e.healthy),
+            endpoints,
         }
     }
 }
@@ -322,12 +394,18 @@ mod tests {
                 })
                 .collect(),
             balance,
+            health_check: None,
         }
     }
 
     fn pool(weights: &[u32], balance: Balance) -> Pool {
         let m = Metrics::new(&mut Default::default());
-        Pool::build(&spec(weights, balance), None, m.pool("svc"))
+        Pool::build(
+            &spec(weights, balance),
+            None,
+            m.pool("svc"),
+            &mut Vec::new(),
+        )
     }
 
     fn counts(p: &Pool, n: usize, now: u64) -> Vec<usize> {
@@ -392,6 +470,25 @@ mod tests {
     }
 
     #[test]
+    fn check_down_endpoints_are_skipped_and_an_all_down_pool_fails_open() {
+        let p = pool(&[1, 1], Balance::RoundRobin);
+        p.endpoints[0].check.down.store(true, Ordering::Relaxed);
+        assert_eq!(counts(&p, 10, 1), vec![0, 10]);
+        assert!(!p.status(1).failing_open);
+        assert!(!p.status(1).endpoints[0].healthy);
+        p.endpoints[1].check.down.store(true, Ordering::Relaxed);
+        // Every endpoint down: requests go to all of them, and the pool says so.
+        assert_eq!(counts(&p, 10, 1), vec![5, 5]);
+        assert!(p.status(1).failing_open);
+        assert_eq!(p.metrics.fail_open.get(), 10);
+        assert!(p.failing_open.load(Ordering::Relaxed));
+        p.endpoints[1].check.down.store(false, Ordering::Relaxed);
+        assert_eq!(counts(&p, 4, 1), vec![0, 4]);
+        assert!(!p.failing_open.load(Ordering::Relaxed));
+        assert_eq!(p.metrics.fail_open.get(), 10);
+    }
+
+    #[test]
     fn least_requests_prefers_idle_endpoint() {
         let p = pool(&[1, 1], Balance::LeastRequests);
         let _busy: Vec<_> = (0..5).map(|_| p.endpoints[0].begin()).collect();
@@ -405,11 +502,16 @@ mod tests {
     #[test]
     fn rebuild_keeps_endpoint_state_by_address() {
         let m = Metrics::new(&mut Default::default());
-        let a = Pool::build(&spec(&[1, 1], Balance::RoundRobin), None, m.pool("svc"));
+        let a = Pool::build(
+            &spec(&[1, 1], Balance::RoundRobin),
+            None,
+            m.pool("svc"),
+            &mut Vec::new(),
+        );
         a.endpoints[1].eject(0);
         let mut s = spec(&[1, 1, 3], Balance::RoundRobin);
         s.endpoints.remove(0);
-        let b = Pool::build(&s, Some(&a), m.pool("svc"));
+        let b = Pool::build(&s, Some(&a), m.pool("svc"), &mut Vec::new());
         assert_eq!(b.endpoints.len(), 2);
         assert!(Arc::ptr_eq(&a.endpoints[1], &b.endpoints[0]));
         assert!(!b.endpoints[0].is_available(10));

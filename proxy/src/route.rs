@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::HeaderValue;
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct RouteSpec {
     /// Exact names (`api.example.com`), wildcards (`*.example.com`) or `*` for any host.
     pub hosts: Vec<String>,
@@ -14,6 +16,36 @@ pub struct RouteSpec {
     pub pool: String,
     /// Answer plain-HTTP requests with a 308 to https when the host has a certificate.
     pub redirect_https: bool,
+    /// `Strict-Transport-Security` sent on this route's HTTPS responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
+    /// Largest request body; larger ones get 413 (streamed bodies are cut when they pass it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// The whole exchange, from the request head to the last response byte; 504 when the
+    /// response head is late, the response is cut when its body is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Hsts {
+    pub max_age_secs: u64,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    pub fn header_value(&self) -> HeaderValue {
+        let mut v = format!("max-age={}", self.max_age_secs);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        HeaderValue::from_str(&v).expect("digits and ASCII words form a header value")
+    }
 }
 
 #[derive(Debug)]
@@ -21,6 +53,9 @@ pub struct Route {
     pub path_prefix: String,
     pub pool: Arc<str>,
     pub redirect_https: bool,
+    pub hsts: Option<HeaderValue>,
+    pub max_body_bytes: Option<u64>,
+    pub timeout: Option<Duration>,
 }
 
 /// Routes of one host, longest prefix first.
@@ -49,6 +84,9 @@ impl Router {
                 path_prefix: spec.path_prefix.clone(),
                 pool: Arc::from(spec.pool.as_str()),
                 redirect_https: spec.redirect_https,
+                hsts: spec.hsts.map(|h| h.header_value()),
+                max_body_bytes: spec.max_body_bytes,
+                timeout: spec.timeout_ms.map(Duration::from_millis),
             });
             for host in &spec.hosts {
                 let host = host.to_ascii_lowercase();
@@ -125,6 +163,7 @@ mod tests {
             path_prefix: prefix.into(),
             pool: pool.into(),
             redirect_https: true,
+            ..RouteSpec::default()
         }
     }
 

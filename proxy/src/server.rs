@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,6 +23,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
+use crate::access_log::{AccessLog, AccessLogSpec};
+use crate::health;
 use crate::http::{self, ConnInfo};
 use crate::metrics::{Direction, Metrics};
 use crate::pool::{now_ms, PoolStatus};
@@ -128,6 +130,7 @@ pub(crate) struct Shared {
     pub settings: ProxySettings,
     pub bytes_up: Counter,
     pub bytes_down: Counter,
+    pub access_log: ArcSwapOption<AccessLog>,
     tls: TlsAcceptor,
     http: auto::Builder<TokioExecutor>,
     drain: watch::Sender<bool>,
@@ -172,6 +175,8 @@ pub struct Proxy {
     shared: Arc<Shared>,
     workers: Workers,
     listeners: Mutex<Vec<Running>>,
+    /// The access log's configuration, to restart its writer only when it changes.
+    access_log_spec: std::sync::Mutex<Option<AccessLogSpec>>,
     /// What `status()` shows; rewritten whenever the listener set changes.
     listener_status: std::sync::Mutex<Vec<ListenerStatus>>,
 }
@@ -213,6 +218,7 @@ impl Proxy {
             metrics,
             settings,
             http,
+            access_log: ArcSwapOption::empty(),
             drain: watch::channel(false).0,
             conns: ConnTracker::default(),
         };
@@ -220,6 +226,7 @@ impl Proxy {
             shared: Arc::new(shared),
             workers,
             listeners: Mutex::new(Vec::new()),
+            access_log_spec: std::sync::Mutex::new(None),
             listener_status: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -227,8 +234,33 @@ impl Proxy {
     /// Replaces routes and pools atomically. Endpoint health survives for addresses that stay.
     pub fn apply(&self, spec: TableSpec) {
         let old = self.shared.table.load();
-        let table = Table::build(spec, &old, &self.shared.metrics);
+        let (table, checkers) = Table::build(spec, &old, &self.shared.metrics);
         self.shared.table.store(Arc::new(table));
+        // Checkers run on the workers, spread round-robin; each ends with its endpoint.
+        let handles = self.workers.handles();
+        for (i, (endpoint, pool)) in checkers.into_iter().enumerate() {
+            handles[i % handles.len()].spawn(health::run(Arc::downgrade(&endpoint), pool));
+        }
+    }
+
+    /// Starts, changes or stops the access log. A destination that cannot be opened changes
+    /// nothing: the error names it and the previous log carries on.
+    pub fn set_access_log(&self, spec: Option<&AccessLogSpec>) -> std::io::Result<()> {
+        let mut current = self.access_log_spec.lock().expect("access log lock");
+        if current.as_ref() == spec {
+            return Ok(());
+        }
+        let log = match spec {
+            None => None,
+            Some(s) => Some(AccessLog::start(
+                s,
+                self.shared.metrics.access_log_dropped(),
+            )?),
+        };
+        // The old writer thread ends once the last connection holding its sender lets go.
+        self.shared.access_log.store(log);
+        *current = spec.cloned();
+        Ok(())
     }
 
     /// Replaces the ACME HTTP-01 answers served on plain-HTTP listeners.
@@ -492,7 +524,13 @@ async fn accept_loop(
                 ListenerKind::Https => {
                     let t = shared.settings.tls_handshake_timeout;
                     match tokio::time::timeout(t, shared.tls.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_http(shared, tls, ConnInfo::new(peer, true)).await,
+                        Ok(Ok(tls)) => {
+                            let mut info = ConnInfo::new(peer, true);
+                            let session = tls.get_ref().1;
+                            info.tls_version = session.protocol_version().map(tls::version_name);
+                            info.sni = session.server_name().map(Arc::from);
+                            serve_http(shared, tls, info).await
+                        }
                         Ok(Err(e)) => {
                             debug!(listener = %name, %peer, error = %e, "TLS handshake failed")
                         }

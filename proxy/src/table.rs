@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolSpec, PoolStatus};
+use crate::pool::{Endpoint, Pool, PoolSpec, PoolStatus};
 use crate::route::{RouteSpec, Router};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +31,9 @@ pub struct TableSpec {
     pub https_port: Option<u16>,
 }
 
+/// An endpoint whose health checker must start, with its pool's name.
+pub(crate) type Checker = (Arc<Endpoint>, Arc<str>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub router: Router,
@@ -41,17 +44,21 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub fn build(spec: TableSpec, previous: &Table, metrics: &Metrics) -> Table {
+    /// Also returns the endpoints whose health checker must be started.
+    pub fn build(spec: TableSpec, previous: &Table, metrics: &Metrics) -> (Table, Vec<Checker>) {
+        let mut checkers = Vec::new();
         let pools = spec
             .pools
             .iter()
             .map(|p| {
                 let old = previous.pools.get(p.name.as_str()).map(|a| &**a);
-                let pool = Pool::build(p, old, metrics.pool(&p.name));
+                let mut new = Vec::new();
+                let pool = Pool::build(p, old, metrics.pool(&p.name), &mut new);
+                checkers.extend(new.into_iter().map(|e| (e, pool.name.clone())));
                 (pool.name.clone(), Arc::new(pool))
             })
             .collect();
-        Table {
+        let table = Table {
             router: Router::new(&spec.routes),
             pools,
             tcp: spec
@@ -61,7 +68,8 @@ impl Table {
                 .collect(),
             https_port: spec.https_port,
             spec,
-        }
+        };
+        (table, checkers)
     }
 
     pub fn pool_status(&self, now: u64) -> Vec<PoolStatus> {

@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::access_log::{Record, TcpRecord};
 use crate::body::Counted;
 use crate::pool::now_ms;
 use crate::proxy_protocol;
@@ -26,6 +27,43 @@ pub struct TcpConn {
 }
 
 pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
+    let log = shared.access_log.load_full().filter(|l| l.sampled());
+    let (time, started) = (SystemTime::now(), Instant::now());
+    let (listener, peer) = (conn.listener.clone(), conn.peer);
+    let session = relay(&shared, conn).await;
+    if let Some(log) = log {
+        log.send(Record::Tcp(TcpRecord {
+            time,
+            client: peer,
+            listener,
+            upstream: session.upstream,
+            bytes_in: session.bytes_in,
+            bytes_out: session.bytes_out,
+            total_time: started.elapsed(),
+            error: session.error,
+        }));
+    }
+}
+
+/// How a TCP session went, for the access log.
+#[derive(Default)]
+struct Session {
+    upstream: Option<SocketAddr>,
+    bytes_in: u64,
+    bytes_out: u64,
+    error: Option<String>,
+}
+
+impl Session {
+    fn failed(error: &str) -> Session {
+        Session {
+            error: Some(error.into()),
+            ..Session::default()
+        }
+    }
+}
+
+async fn relay(shared: &Shared, conn: TcpConn) -> Session {
     let TcpConn {
         listener,
         client,
@@ -37,7 +75,7 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
         let table = shared.table.load();
         let Some(route) = table.tcp.get(&*listener) else {
             warn!(%listener, %peer, "no TCP route for listener; closing");
-            return;
+            return Session::failed("no route");
         };
         (
             table.pools.get(route.pool.as_str()).cloned(),
@@ -46,7 +84,7 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
     };
     let Some(pool) = pool.filter(|p| !p.is_empty()) else {
         warn!(%listener, %peer, "no running tasks for the listener's service; closing");
-        return;
+        return Session::failed("no running tasks");
     };
 
     let mut exclude = None;
@@ -76,7 +114,11 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
         exclude = Some(ep.addr);
     }
     let Some((mut up, ep)) = upstream else {
-        return;
+        return Session::failed("upstream unreachable");
+    };
+    let mut session = Session {
+        upstream: Some(ep.addr),
+        ..Session::default()
     };
     let _in_flight = ep.begin();
     let _ = up.set_nodelay(true);
@@ -84,7 +126,8 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
     if send_pp {
         if let Err(e) = up.write_all(&proxy_protocol::encode_v2(peer, local)).await {
             warn!(endpoint = %ep.addr, error = %e, "writing PROXY header failed");
-            return;
+            session.error = Some(format!("writing PROXY header: {e}"));
+            return session;
         }
     }
 
@@ -93,23 +136,30 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
     let mut u = Counted::new(up, shared.bytes_down.clone(), activity.clone());
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 64 * 1024, 64 * 1024);
     let result = match idle_timeout {
-        None => copy.await,
+        None => Some(copy.await),
         Some(idle) => {
             tokio::select! {
-                r = copy => r,
-                _ = idle_expired(&activity, idle) => {
-                    debug!(%listener, %peer, "TCP stream idle; closing");
-                    return;
-                }
+                r = copy => Some(r),
+                _ = idle_expired(&activity, idle) => None,
             }
         }
     };
     match result {
-        Ok((to_up, to_client)) => {
+        None => {
+            debug!(%listener, %peer, "TCP stream idle; closing");
+            session.error = Some("idle timeout".into());
+        }
+        Some(Ok((to_up, to_client))) => {
             debug!(%listener, %peer, endpoint = %ep.addr, to_up, to_client, "TCP stream closed")
         }
-        Err(e) => debug!(%listener, %peer, endpoint = %ep.addr, error = %e, "TCP stream ended"),
+        Some(Err(e)) => {
+            debug!(%listener, %peer, endpoint = %ep.addr, error = %e, "TCP stream ended");
+            session.error = Some(e.to_string());
+        }
     }
+    session.bytes_in = c.total;
+    session.bytes_out = u.total;
+    session
 }
 
 async fn idle_expired(activity: &AtomicU64, idle: Duration) {

@@ -189,7 +189,17 @@ impl ResolvesServerCert for StoreResolver {
     }
 }
 
-/// The server configuration of every TLS listener: TLS 1.2 and 1.3, ALPN h2 then http/1.1,
+/// How the access log names a TLS version.
+pub(crate) fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS?",
+    }
+}
+
+/// The server configuration of every TLS listener: TLS 1.2 and 1.3 only (ring's suites: every
+/// TLS 1.2 one is ECDHE with an AEAD cipher), ALPN h2 then http/1.1,
 /// certificates from `store`. Built once; the store changes underneath it. Without
 /// `resumption`, no session is kept and no ticket sent: every handshake is a full one.
 pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Arc<ServerConfig> {
@@ -200,6 +210,9 @@ pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Arc<ServerConfi
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(StoreResolver(store)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order (AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305; all AEAD with
+    // ephemeral ECDHE), not the client's.
+    cfg.ignore_client_order = true;
     if !resumption {
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         cfg.send_tls13_tickets = 0;
@@ -226,6 +239,30 @@ mod tests {
             "test",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn only_tls12_and_13_with_forward_secret_aead_suites_in_server_order() {
+        use rustls::{CipherSuite as S, SupportedCipherSuite};
+        let cfg = server_config(Arc::new(CertStore::default()), true);
+        assert!(cfg.ignore_client_order);
+        let suites: Vec<S> = cfg
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        for s in &cfg.crypto_provider().cipher_suites {
+            if let SupportedCipherSuite::Tls12(t) = s {
+                let name = format!("{:?}", t.common.suite);
+                assert!(
+                    name.starts_with("TLS_ECDHE_")
+                        && (name.contains("_GCM_") || name.contains("CHACHA20_POLY1305")),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(suites[0], S::TLS13_AES_256_GCM_SHA384);
     }
 
     #[test]

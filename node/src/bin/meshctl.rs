@@ -497,6 +497,8 @@ struct TcpRoute {
 struct Pool {
     name: String,
     balance: String,
+    #[serde(default)]
+    failing_open: bool,
     endpoints: Vec<Endpoint>,
 }
 
@@ -506,6 +508,8 @@ struct Endpoint {
     weight: u32,
     healthy: bool,
     ejected_for_ms: u64,
+    #[serde(default)]
+    check: Option<String>,
     in_flight: u64,
     requests: u64,
     failures: u64,
@@ -938,11 +942,26 @@ fn print_status(s: &Status) {
             ]);
         }
         for e in &p.endpoints {
-            let health = if e.healthy {
-                "healthy".to_string()
-            } else {
+            // Passive ejection, then the active check's verdict and reason.
+            let mut health = if e.ejected_for_ms > 0 {
                 format!("ejected {}s", e.ejected_for_ms.div_ceil(1000))
+            } else if e.healthy || e.check.is_some() {
+                String::new()
+            } else {
+                "unhealthy".into()
             };
+            if let Some(c) = &e.check {
+                if !health.is_empty() {
+                    health.push_str("; ");
+                }
+                health.push_str(c);
+            }
+            if health.is_empty() {
+                health = "healthy".into();
+            }
+            if p.failing_open {
+                health.push_str(" [pool failing open]");
+            }
             rows.push(vec![
                 p.name.clone(),
                 p.balance.clone(),

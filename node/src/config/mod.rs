@@ -67,6 +67,48 @@ struct RawConfig {
     dns: Option<RawDns>,
     acme: Option<RawAcme>,
     entrypoint: Option<RawEntrypoint>,
+    access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    #[serde(default)]
+    format: RawLogFormat,
+    /// `stdout` (default) or a file, appended to.
+    path: Option<String>,
+    /// Fraction of requests logged, in (0, 1].
+    sample: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawLogFormat {
+    #[default]
+    Json,
+    Combined,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    kind: RawCheckKind,
+    path: Option<String>,
+    host: Option<String>,
+    /// `"200-399"` (default) or one status, `"204"`.
+    expect_status: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawCheckKind {
+    Http,
+    Tcp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +318,16 @@ struct RawRoute {
     redirect_https: bool,
     #[serde(default = "yes")]
     tls: bool,
+    /// `Strict-Transport-Security: max-age=...` on this route's HTTPS responses.
+    hsts_max_age_secs: Option<u64>,
+    #[serde(default)]
+    hsts_include_subdomains: bool,
+    #[serde(default)]
+    hsts_preload: bool,
+    /// Largest request body (413 beyond); default unlimited.
+    max_body_bytes: Option<u64>,
+    /// The whole exchange, request head to last response byte; default none.
+    timeout_secs: Option<u64>,
 }
 
 fn slash() -> String {
@@ -297,6 +349,7 @@ struct RawPool {
     ecs: Option<RawEcsTarget>,
     /// Endpoints from DNS (SRV, or A/AAAA plus a port) instead of a fixed list.
     dns: Option<RawDnsTarget>,
+    health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -328,6 +381,7 @@ pub struct Config {
     pub default_cert: Option<String>,
     /// The data path's limits and timeouts (`[limits]`, and `tls.session_resumption`).
     pub limits: edgemesh_proxy::ProxySettings,
+    pub access_log: Option<edgemesh_proxy::AccessLogSpec>,
     pub cert_files: Vec<(PathBuf, PathBuf)>,
     pub listeners: Vec<ListenerSpec>,
     pub table: TableSpec,
@@ -577,6 +631,14 @@ pub fn parse(
             }
             endpoints.push(EndpointSpec { addr, weight });
         }
+        let health_check = match &p.health_check {
+            None => None,
+            Some(h) => Some(health_check(
+                h,
+                &format!("pools.{name}.health_check"),
+                &err,
+            )?),
+        };
         pools.push(PoolSpec {
             name: name.clone(),
             endpoints,
@@ -584,6 +646,7 @@ pub fn parse(
                 RawBalance::RoundRobin => Balance::RoundRobin,
                 RawBalance::LeastRequests => Balance::LeastRequests,
             },
+            health_check,
         });
     }
 
@@ -617,11 +680,45 @@ pub fn parse(
                 format!("pool {:?} is not defined under [pools]", r.pool),
             ));
         }
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let hsts = match r.hsts_max_age_secs {
+            None => {
+                for (k, set) in [
+                    ("hsts_include_subdomains", r.hsts_include_subdomains),
+                    ("hsts_preload", r.hsts_preload),
+                ] {
+                    if set {
+                        return Err(err(&key(k), "needs hsts_max_age_secs".into()));
+                    }
+                }
+                None
+            }
+            Some(_) if !r.tls => {
+                return Err(err(
+                    &key("hsts_max_age_secs"),
+                    "HSTS is sent over HTTPS only: this route has tls = false".into(),
+                ))
+            }
+            Some(age) => Some(edgemesh_proxy::Hsts {
+                max_age_secs: in_range(age, (0, 63_072_000), &key("hsts_max_age_secs"), &err)?,
+                include_subdomains: r.hsts_include_subdomains,
+                preload: r.hsts_preload,
+            }),
+        };
         routes.push(RouteSpec {
             hosts,
             path_prefix: r.path_prefix.clone(),
             pool: r.pool.clone(),
             redirect_https: r.redirect_https && r.tls,
+            hsts,
+            max_body_bytes: r
+                .max_body_bytes
+                .map(|b| in_range(b, (1, u64::MAX), &key("max_body_bytes"), &err))
+                .transpose()?,
+            timeout_ms: r
+                .timeout_secs
+                .map(|t| in_range(t, (1, 86_400), &key("timeout_secs"), &err).map(|t| t * 1000))
+                .transpose()?,
         });
     }
 
@@ -765,6 +862,10 @@ pub fn parse(
             raw.tls.session_resumption.unwrap_or(true),
             &err,
         )?,
+        access_log: match &raw.access_log {
+            None => None,
+            Some(a) => Some(access_log(a, path, &err)?),
+        },
         cert_files,
         listeners,
         table: TableSpec {
@@ -1268,6 +1369,151 @@ fn limits(
         )?,
         session_resumption,
         ..d
+    })
+}
+
+/// `v` when within `lo..=hi`, else an error naming `key`.
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    v: T,
+    (lo, hi): (T, T),
+    key: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<T, ConfigError> {
+    if v >= lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(err(
+            key,
+            format!("{v} is out of range: must be between {lo} and {hi}"),
+        ))
+    }
+}
+
+fn access_log(
+    a: &RawAccessLog,
+    path: &Path,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<edgemesh_proxy::AccessLogSpec, ConfigError> {
+    let sample = a.sample.unwrap_or(1.0);
+    if !(sample > 0.0 && sample <= 1.0) {
+        return Err(err(
+            "access_log.sample",
+            format!("{sample} is out of range: must be above 0 and at most 1"),
+        ));
+    }
+    let file = match a.path.as_deref().map(str::trim) {
+        None | Some("stdout") => None,
+        Some("") => return Err(err("access_log.path", "is empty".into())),
+        Some(p) => {
+            let p = path.parent().unwrap_or(Path::new(".")).join(p);
+            let dir = p.parent().unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(err(
+                    "access_log.path",
+                    format!("directory {} does not exist", dir.display()),
+                ));
+            }
+            Some(p)
+        }
+    };
+    Ok(edgemesh_proxy::AccessLogSpec {
+        format: match a.format {
+            RawLogFormat::Json => edgemesh_proxy::LogFormat::Json,
+            RawLogFormat::Combined => edgemesh_proxy::LogFormat::Combined,
+        },
+        path: file,
+        sample,
+    })
+}
+
+fn health_check(
+    h: &RawHealthCheck,
+    key: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<edgemesh_proxy::HealthCheckSpec, ConfigError> {
+    use edgemesh_proxy::CheckKind;
+    let k = |name: &str| format!("{key}.{name}");
+    let kind = match h.kind {
+        RawCheckKind::Tcp => {
+            for (name, set) in [
+                ("path", h.path.is_some()),
+                ("host", h.host.is_some()),
+                ("expect_status", h.expect_status.is_some()),
+            ] {
+                if set {
+                    return Err(err(&k(name), "applies to type = \"http\" only".into()));
+                }
+            }
+            CheckKind::Tcp
+        }
+        RawCheckKind::Http => {
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(err(
+                    &k("path"),
+                    format!("{path:?} is not a path starting with '/'"),
+                ));
+            }
+            if let Some(host) = &h.host {
+                check_host(host)
+                    .ok()
+                    .filter(|h| !h.contains('*'))
+                    .ok_or_else(|| err(&k("host"), format!("{host:?} is not a host name")))?;
+            }
+            let raw = h.expect_status.as_deref().unwrap_or("200-399");
+            let status = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|s| (100..=599).contains(s))
+            };
+            let expect = match raw.split_once('-') {
+                None => status(raw).map(|s| (s, s)),
+                Some((a, b)) => status(a).zip(status(b)).filter(|(a, b)| a <= b),
+            }
+            .ok_or_else(|| {
+                err(
+                    &k("expect_status"),
+                    format!(
+                        "{raw:?} is not a status (\"200\") or a range (\"200-399\") within 100-599"
+                    ),
+                )
+            })?;
+            CheckKind::Http {
+                path,
+                host: h.host.clone(),
+                expect,
+            }
+        }
+    };
+    let interval_ms = in_range(
+        h.interval_ms.unwrap_or(5_000),
+        (100, 3_600_000),
+        &k("interval_ms"),
+        err,
+    )?;
+    let timeout_ms = in_range(
+        h.timeout_ms.unwrap_or(2_000),
+        (10, interval_ms),
+        &k("timeout_ms"),
+        err,
+    )?;
+    Ok(edgemesh_proxy::HealthCheckSpec {
+        kind,
+        interval_ms,
+        timeout_ms,
+        healthy_threshold: in_range(
+            h.healthy_threshold.unwrap_or(2),
+            (1, 100),
+            &k("healthy_threshold"),
+            err,
+        )?,
+        unhealthy_threshold: in_range(
+            h.unhealthy_threshold.unwrap_or(3),
+            (1, 100),
+            &k("unhealthy_threshold"),
+            err,
+        )?,
     })
 }
 

@@ -639,3 +639,137 @@ fn limits_defaults_values_and_range_errors() {
     let e = error_of(&format!("{GOOD}\n[limits]\nmax_body = 1\n"));
     assert!(e.to_string().contains("max_body"), "{e}");
 }
+
+/// The line of the first line of `src` starting with `prefix`, 1-based.
+fn line_starting(src: &str, prefix: &str) -> usize {
+    src.lines().position(|l| l.starts_with(prefix)).unwrap() + 1
+}
+
+#[test]
+fn health_checks_route_limits_and_access_log() {
+    let src = format!(
+        "{GOOD}\n[pools.api.health_check]\ntype = \"http\"\npath = \"/health\"\nexpect_status = \"204\"\ninterval_ms = 1000\ntimeout_ms = 500\n\n\
+         [pools.files.health_check]\ntype = \"tcp\"\n\n\
+         [[routes]]\nhosts = [\"limited.example.com\"]\npool = \"api\"\nhsts_max_age_secs = 600\nhsts_preload = true\nmax_body_bytes = 1024\ntimeout_secs = 7\n\n\
+         [access_log]\nformat = \"combined\"\nsample = 0.25\n"
+    );
+    let c = parse_str(&src).unwrap();
+    let api = c.table.pools.iter().find(|p| p.name == "api").unwrap();
+    let check = api.health_check.as_ref().unwrap();
+    assert_eq!(
+        check.kind,
+        edgemesh_proxy::CheckKind::Http {
+            path: "/health".into(),
+            host: None,
+            expect: (204, 204)
+        }
+    );
+    assert_eq!(
+        (
+            check.interval_ms,
+            check.timeout_ms,
+            check.healthy_threshold,
+            check.unhealthy_threshold
+        ),
+        (1000, 500, 2, 3)
+    );
+    let files = c.table.pools.iter().find(|p| p.name == "files").unwrap();
+    let tcp = files.health_check.as_ref().unwrap();
+    assert_eq!(
+        (&tcp.kind, tcp.interval_ms, tcp.timeout_ms),
+        (&edgemesh_proxy::CheckKind::Tcp, 5000, 2000)
+    );
+    let r = c.table.routes.last().unwrap();
+    assert_eq!(
+        r.hsts,
+        Some(edgemesh_proxy::Hsts {
+            max_age_secs: 600,
+            include_subdomains: false,
+            preload: true
+        })
+    );
+    assert_eq!((r.max_body_bytes, r.timeout_ms), (Some(1024), Some(7000)));
+    let log = c.access_log.unwrap();
+    assert_eq!(
+        (log.format, log.path, log.sample),
+        (edgemesh_proxy::LogFormat::Combined, None, 0.25)
+    );
+    assert!(parse_str(GOOD).unwrap().access_log.is_none());
+
+    // Each bad value names its key and line.
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "[pools.api.health_check]\ntype = \"http\"\nexpect_status = \"600\"\n",
+            "pools.api.health_check.expect_status",
+            "expect_status",
+            "within 100-599",
+        ),
+        (
+            "[pools.api.health_check]\ntype = \"http\"\ninterval_ms = 1000\ntimeout_ms = 2000\n",
+            "pools.api.health_check.timeout_ms",
+            "timeout_ms",
+            "between 10 and 1000",
+        ),
+        (
+            "[pools.api.health_check]\ntype = \"tcp\"\npath = \"/x\"\n",
+            "pools.api.health_check.path",
+            "path",
+            "type = \"http\" only",
+        ),
+        (
+            "[pools.api.health_check]\ntype = \"http\"\npath = \"health\"\n",
+            "pools.api.health_check.path",
+            "path",
+            "starting with '/'",
+        ),
+        (
+            "[[routes]]\nhosts = [\"p.example.com\"]\npool = \"api\"\ntls = false\nhsts_max_age_secs = 60\n",
+            "routes[2].hsts_max_age_secs",
+            "hsts_max_age_secs",
+            "tls = false",
+        ),
+        (
+            "[[routes]]\nhosts = [\"p.example.com\"]\npool = \"api\"\nhsts_include_subdomains = true\n",
+            "routes[2].hsts_include_subdomains",
+            "hsts_include_subdomains",
+            "needs hsts_max_age_secs",
+        ),
+        (
+            "[[routes]]\nhosts = [\"p.example.com\"]\npool = \"api\"\ntimeout_secs = 0\n",
+            "routes[2].timeout_secs",
+            "timeout_secs",
+            "between 1 and 86400",
+        ),
+        (
+            "[access_log]\nsample = 1.5\n",
+            "access_log.sample",
+            "sample",
+            "at most 1",
+        ),
+        (
+            "[access_log]\npath = \"/nonexistent-dir/a.log\"\n",
+            "access_log.path",
+            "path",
+            "/nonexistent-dir does not exist",
+        ),
+    ];
+    for (extra, key, line_prefix, message) in cases {
+        let src = format!("{GOOD}\n{extra}");
+        let e = error_of(&src);
+        assert_eq!(e.key.as_deref(), Some(*key), "{e}");
+        // The key's own line (the last one starting with that name: GOOD may use it too).
+        let line = src.lines().count()
+            - src
+                .lines()
+                .rev()
+                .position(|l| l.starts_with(line_prefix))
+                .unwrap();
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(e.message.contains(message), "{e}");
+    }
+    // An unknown format is refused by the parser, with its line.
+    let src = format!("{GOOD}\n[access_log]\nformat = \"xml\"\n");
+    let e = error_of(&src);
+    assert_eq!(e.line, Some(line_starting(&src, "format")), "{e}");
+    assert!(e.message.contains("json"), "{e}");
+}

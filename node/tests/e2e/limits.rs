@@ -308,3 +308,95 @@ async fn the_connection_limit_pauses_accepting_and_recovers() {
         .expect("not served after a connection closed");
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
 }
+
+/// Reads HTTP/2 frames until one matches `want` (type, stream) or the connection ends;
+/// returns (type, flags, stream, payload) of every frame read.
+async fn h2_frames_until(
+    s: &mut TcpStream,
+    want: impl Fn(u8, u32) -> bool,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).await.is_err() {
+            return frames;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            return frames;
+        }
+        let done = want(head[3], stream);
+        frames.push((head[3], head[4], stream, payload));
+        if done {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_past_the_limit_are_refused() {
+    let (node, up) = start("h2_max_concurrent_streams = 2").await;
+    // HTTP/2 with prior knowledge, frames written by hand: a client that ignores the
+    // server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let settings = tokio::time::timeout(
+        Duration::from_secs(5),
+        h2_frames_until(&mut s, |t, _| t == 0x4),
+    )
+    .await
+    .unwrap();
+    let (_, _, _, payload) = settings.last().unwrap();
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 2 is announced.
+    assert!(
+        payload
+            .chunks(6)
+            .any(|c| c[..2] == [0, 3] && c[2..] == [0, 0, 0, 2]),
+        "{payload:?}"
+    );
+    s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(); // SETTINGS ACK
+                                                           // GET / on silent.test (never answered), streams 1, 3 and 5. HPACK: :method GET (0x82),
+                                                           // :scheme http (0x86), :path / (0x84), :authority literal (0x41).
+    for id in [1u32, 3, 5] {
+        let mut block = vec![0x82, 0x86, 0x84, 0x41, 11];
+        block.extend(b"silent.test");
+        let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([0x1, 0x5]); // HEADERS, END_STREAM | END_HEADERS
+        frame.extend(id.to_be_bytes());
+        frame.extend(block);
+        s.write_all(&frame).await.unwrap();
+    }
+    let frames = tokio::time::timeout(
+        Duration::from_secs(5),
+        h2_frames_until(&mut s, |t, id| t == 0x3 && id == 5),
+    )
+    .await
+    .expect("no RST_STREAM for the stream past the limit");
+    let (kind, _, id, payload) = frames.last().unwrap();
+    assert_eq!((*kind, *id), (0x3, 5), "{frames:?}");
+    assert_eq!(payload[..], 7u32.to_be_bytes(), "REFUSED_STREAM expected");
+    // The two streams within the limit were forwarded; the connection is still open.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.silent_seen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the streams never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.write_all(b"\0\0\x08\x06\0\0\0\0\0pingping")
+        .await
+        .unwrap(); // PING
+    let pong = tokio::time::timeout(
+        Duration::from_secs(5),
+        h2_frames_until(&mut s, |t, _| t == 0x6),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pong.last().unwrap().0, 0x6, "{pong:?}");
+    assert!(!pong.iter().any(|f| f.0 == 0x7), "GOAWAY: {pong:?}");
+}

@@ -35,6 +35,7 @@ mod deploy;
 mod dns;
 mod ecs;
 mod entrypoint;
+mod hardening;
 mod harness;
 mod http;
 mod lifecycle;
