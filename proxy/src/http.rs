@@ -70,13 +70,16 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// `refuse`: why the connection's framing guard refuses this request (ambiguous framing
+/// hyper settled silently), if it does.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
     req: Request<Incoming>,
+    refuse: Option<&'static str>,
 ) -> Result<Response<RespBody>, Infallible> {
     let Some(log) = shared.access_log.load_full().filter(|l| l.sampled()) else {
-        return Ok(route(&shared, &conn, req, &mut Outcome::default()).await);
+        return Ok(route(&shared, &conn, req, refuse, &mut Outcome::default()).await);
     };
     let started = Instant::now();
     let h = req.headers();
@@ -107,7 +110,7 @@ pub async fn handle(
         bytes_in: Some(bytes_in.clone()),
         ..Outcome::default()
     };
-    let resp = route(&shared, &conn, req, &mut outcome).await;
+    let resp = route(&shared, &conn, req, refuse, &mut outcome).await;
     let pending = Box::new(PendingLog {
         log,
         record: HttpRecord {
@@ -136,9 +139,10 @@ async fn route(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
+    refuse: Option<&'static str>,
     outcome: &mut Outcome,
 ) -> Response<RespBody> {
-    if let Some(why) = ambiguous_framing(&req) {
+    if let Some(why) = refuse.or_else(|| ambiguous_framing(&req)) {
         // The connection closes after the answer: where this request's body ends is
         // exactly what is in doubt.
         shared.metrics.bad_request();

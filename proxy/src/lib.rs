@@ -9,6 +9,7 @@
 
 mod access_log;
 mod body;
+mod framing;
 mod health;
 mod http;
 pub mod metrics;

@@ -125,16 +125,17 @@ async fn metrics(node: &harness::Node) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
     let (node, up) = start("upstream_response_timeout_secs = 1").await;
-    // Not here, because hyper settles them before the proxy sees the head and the upstream
-    // gets one consistent framing, but they are forwarded rather than refused with 400 (open
-    // gap of the hardening issue): Content-Length with Transfer-Encoding: chunked (hyper drops
-    // the Content-Length, RFC 9112 6.3, and closes the connection after), and a Content-Length
-    // repeated with the same value (hyper keeps one).
-    let vectors: [&[u8]; 4] = [
+    // The last three are settled silently by hyper (Content-Length dropped, or merged) and
+    // caught by the proxy's framing guard; the others hyper refuses itself. A harmless request
+    // first on the same connection shows the guard refuses the right one.
+    let vectors: [&[u8]; 7] = [
         b"POST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         b"POST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: +5\r\n\r\nhello",
         b"GET / HTTP/1.1\r\nHost: silent.test\r\nX-Folded: a\r\n b\r\n\r\n",
         b"POST / HTTP/1.0\r\nHost: silent.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: silent.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: silent.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
     ];
     for v in vectors {
         let out = raw_exchange(node.addr("http"), v, Duration::from_secs(3)).await;
@@ -157,9 +158,26 @@ async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
         0,
         "a smuggling vector reached the upstream"
     );
+    // The guard refuses the second request of a connection whose first was fine.
+    let out = raw_exchange(
+        node.addr("http"),
+        b"GET / HTTP/1.1\r\nHost: ok.test\r\n\r\nPOST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert!(
+        out.contains("HTTP/1.1 400") && out.contains("both Transfer-Encoding and Content-Length"),
+        "{out:?}"
+    );
+    assert_eq!(
+        up.silent_seen.load(Ordering::SeqCst),
+        0,
+        "a smuggling vector reached the upstream"
+    );
     // Every vector above was refused and counted.
     let m = metrics(&node).await;
-    assert!(m.contains("edgemesh_malformed_requests_total 5\n"), "{m}");
+    assert!(m.contains("edgemesh_malformed_requests_total 9\n"), "{m}");
 
     // A well-formed request does reach it; it never answers: 504 after the response timeout.
     let started = Instant::now();
