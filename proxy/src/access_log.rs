@@ -459,7 +459,36 @@ mod tests {
     }
 
     #[test]
-    fn writer_thread_writes_lines_to_the_file_and_counts_drops() {
+    fn sampling_logs_about_the_configured_fraction() {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let log = |sample| AccessLog {
+            tx: tx.clone(),
+            sample,
+            dropped: Counter::default(),
+        };
+        let quarter = log(0.25);
+        let n = (0..20_000).filter(|_| quarter.sampled()).count();
+        assert!((4_000..6_000).contains(&n), "{n} of 20000 at 0.25");
+        let all = log(1.0);
+        assert!((0..1_000).all(|_| all.sampled()));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let log = AccessLog {
+            tx,
+            sample: 1.0,
+            dropped: Counter::default(),
+        };
+        for _ in 0..3 {
+            log.send(Record::Http(Box::new(http_record())));
+        }
+        assert_eq!(log.dropped.get(), 2);
+    }
+
+    #[test]
+    fn writer_thread_writes_lines_to_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let dropped = Counter::default();

@@ -42,6 +42,12 @@ addr = "127.0.0.1:{tcp}"
 kind = "tcp"
 pool = "echo"
 
+[[listeners]]
+name = "nlb"
+addr = "127.0.0.1:{tcp2}"
+kind = "http"
+accept_proxy_protocol = true
+
 [[routes]]
 hosts = ["app.test"]
 pool = "checked"
@@ -397,8 +403,22 @@ async fn access_log_lines_carry_every_field_and_route_limits_hold() {
     assert_eq!(&buf, b"ping");
     drop(s);
 
-    // Seven lines: the HTTPS GET, plain GET, the POST, two 413s, the 504, the TCP session.
-    let lines = log_lines(&log, 7).await;
+    // 6. Behind a load balancer speaking PROXY protocol: the client is the one it names.
+    let client: SocketAddr = "203.0.113.9:4242".parse().unwrap();
+    let mut pp = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (client, node.addr("tcp2")),
+    )
+    .build()
+    .unwrap();
+    pp.extend(b"GET /via-nlb HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n");
+    let out = raw_exchange(node.addr("tcp2"), &pp, Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+
+    // Eight lines: the HTTPS GET, plain GET, the POST, two 413s, the 504, the TCP session and
+    // the request through the load balancer.
+    let lines = log_lines(&log, 8).await;
     let records: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
@@ -441,6 +461,7 @@ async fn access_log_lines_carry_every_field_and_route_limits_hold() {
     let timeout = find(&|r| r["status"] == 504);
     assert_eq!(timeout["host"], "slow.test");
     assert!(timeout["total_ms"].as_f64().unwrap() >= 900.0);
+    assert_eq!(find(&|r| r["path"] == "/via-nlb")["client"], "203.0.113.9");
     let tcp = find(&|r| r["kind"] == "tcp");
     assert_eq!(tcp["listener"], "echo");
     assert_eq!(tcp["upstream"], b.echo.to_string());
