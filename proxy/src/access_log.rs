@@ -127,68 +127,62 @@ pub(crate) struct TcpRecord {
 /// only then). Sent when dropped through [`PendingLog::finish`].
 pub(crate) struct PendingLog {
     pub log: Arc<AccessLog>,
-    pub record: HttpRecord,
+    pub record: Box<HttpRecord>,
     pub started: Instant,
     /// Request body bytes, stored by the request body when it is dropped.
     pub bytes_in: Arc<AtomicU64>,
 }
 
 impl PendingLog {
-    pub fn finish(self: Box<Self>, bytes_out: u64) {
+    pub fn finish(self, bytes_out: u64) {
         let PendingLog {
             log,
             mut record,
             started,
             bytes_in,
-        } = *self;
+        } = self;
         record.bytes_out = bytes_out;
         record.bytes_in = bytes_in.load(Ordering::Relaxed);
         record.total_time = started.elapsed();
-        log.send(Record::Http(Box::new(record)));
+        log.send(Record::Http(record));
     }
 }
+
+/// How often the writer drains the queue. Senders never wake it (a wake-up per request costs
+/// a system call and a context switch); lines reach the destination within this.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 fn write_loop(rx: Receiver<Record>, out: Box<dyn Write + Send>, format: LogFormat) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
-    let mut line = String::with_capacity(512);
-    let mut unflushed = false;
+    let mut out = io::BufWriter::with_capacity(256 * 1024, out);
+    let mut f = Formatter::default();
     loop {
-        // Flush whenever the queue runs dry: lines show up promptly, and under load they
-        // are written 64 KiB at a time.
-        let r = match rx.try_recv() {
-            Ok(r) => r,
-            Err(TryRecvError::Empty) => {
-                if unflushed {
+        std::thread::sleep(DRAIN_EVERY);
+        let mut wrote = false;
+        loop {
+            let r = match rx.try_recv() {
+                Ok(r) => r,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
                     let _ = out.flush();
+                    return;
                 }
-                match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                }
+            };
+            f.line.clear();
+            match format {
+                LogFormat::Json => f.json(&r),
+                LogFormat::Combined => f.combined(&r),
             }
-            Err(TryRecvError::Disconnected) => break,
-        };
-        line.clear();
-        match format {
-            LogFormat::Json => json_line(&r, &mut line),
-            LogFormat::Combined => combined_line(&r, &mut line),
+            f.line.push('\n');
+            if out.write_all(f.line.as_bytes()).is_err() {
+                // The destination is gone (a closed stdout): nothing better to do than stop.
+                return;
+            }
+            wrote = true;
         }
-        line.push('\n');
-        if out.write_all(line.as_bytes()).is_err() {
-            // The destination is gone (a closed stdout): nothing better to do than stop.
+        if wrote && out.flush().is_err() {
             return;
         }
-        unflushed = true;
     }
-    let _ = out.flush();
-}
-
-fn text(v: &Option<HeaderValue>) -> Option<&str> {
-    v.as_ref().and_then(|v| v.to_str().ok())
-}
-
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -202,184 +196,246 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// The JSON line of a record: the field names are the stable interface (documented in the
-/// example configuration).
-pub(crate) fn json_line(r: &Record, out: &mut String) {
-    #[derive(Serialize)]
-    struct Http<'a> {
-        time: String,
-        kind: &'static str,
-        client: String,
-        host: Option<&'a str>,
-        method: &'a str,
-        path: &'a str,
-        protocol: &'static str,
-        status: u16,
-        bytes_in: u64,
-        bytes_out: u64,
-        upstream: Option<String>,
-        upstream_ms: Option<f64>,
-        total_ms: f64,
-        tls_version: Option<&'static str>,
-        sni: Option<&'a str>,
-        referer: Option<&'a str>,
-        user_agent: Option<&'a str>,
-    }
-    #[derive(Serialize)]
-    struct Tcp<'a> {
-        time: String,
-        kind: &'static str,
-        client: String,
-        listener: &'a str,
-        upstream: Option<String>,
-        bytes_in: u64,
-        bytes_out: u64,
-        total_ms: f64,
-        error: Option<&'a str>,
-    }
-    let line = match r {
-        Record::Http(h) => serde_json::to_string(&Http {
-            time: rfc3339(h.time),
-            kind: "http",
-            client: h.client.ip().to_canonical().to_string(),
-            host: text(&h.host),
-            method: h.method.as_str(),
-            path: h.uri.path_and_query().map_or("/", |p| p.as_str()),
-            protocol: version_str(h.version),
-            status: h.status,
-            bytes_in: h.bytes_in,
-            bytes_out: h.bytes_out,
-            upstream: h.upstream.map(|a| a.to_string()),
-            upstream_ms: h.upstream_time.map(millis),
-            total_ms: millis(h.total_time),
-            tls_version: h.tls_version,
-            sni: h.sni.as_deref(),
-            referer: text(&h.referer),
-            user_agent: text(&h.user_agent),
-        }),
-        Record::Tcp(t) => serde_json::to_string(&Tcp {
-            time: rfc3339(t.time),
-            kind: "tcp",
-            client: t.client.ip().to_canonical().to_string(),
-            listener: &t.listener,
-            upstream: t.upstream.map(|a| a.to_string()),
-            bytes_in: t.bytes_in,
-            bytes_out: t.bytes_out,
-            total_ms: millis(t.total_time),
-            error: t.error.as_deref(),
-        }),
-    };
-    out.push_str(&line.expect("records serialize"));
+/// Formats records into `line`, by hand (the writer formats every request; serde and
+/// `format!` cost several times more), reusing the date of the last second.
+#[derive(Default)]
+pub(crate) struct Formatter {
+    pub line: String,
+    /// (Unix second, `2026-12-03T07:05:09`, `03/Dec/2026:07:05:09 +0000`)
+    date: Option<(u64, String, String)>,
 }
 
-/// `client - - [time] "METHOD path PROTO" status bytes "referer" "agent" "host" "upstream"
-/// upstream_ms total_ms tls sni`; a TCP session puts `TCP listener` in the request field.
-pub(crate) fn combined_line(r: &Record, out: &mut String) {
-    fn quoted(out: &mut String, v: Option<&str>) {
-        out.push('"');
-        match v {
-            None => out.push('-'),
-            Some(v) => {
-                for c in v.chars() {
-                    match c {
-                        '"' | '\\' => {
-                            out.push('\\');
-                            out.push(c);
-                        }
-                        c if c.is_control() => {
-                            let _ = write!(out, "\\x{:02x}", c as u32);
-                        }
-                        c => out.push(c),
+impl Formatter {
+    fn dates(&mut self, t: SystemTime) -> (&str, &str, u32) {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if self.date.as_ref().is_none_or(|d| d.0 != secs) {
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let d = time::OffsetDateTime::from(t);
+            let (y, m, day) = (d.year(), d.month() as u8, d.day());
+            let (h, min, sec) = (d.hour(), d.minute(), d.second());
+            self.date = Some((
+                secs,
+                format!("{y:04}-{m:02}-{day:02}T{h:02}:{min:02}:{sec:02}"),
+                format!(
+                    "{day:02}/{}/{y:04}:{h:02}:{min:02}:{sec:02} +0000",
+                    MONTHS[m as usize - 1]
+                ),
+            ));
+        }
+        let d = self.date.as_ref().expect("set above");
+        (&d.1, &d.2, since.subsec_millis())
+    }
+
+    /// The JSON line of a record: the field names are the stable interface (documented in
+    /// the example configuration).
+    pub fn json(&mut self, r: &Record) {
+        let mut out = std::mem::take(&mut self.line);
+        let (time, client) = match r {
+            Record::Http(h) => (h.time, h.client),
+            Record::Tcp(t) => (t.time, t.client),
+        };
+        let (iso, _, ms) = self.dates(time);
+        let _ = write!(out, "{{\"time\":\"{iso}.{ms:03}Z\",\"kind\":");
+        match r {
+            Record::Http(h) => {
+                let _ = write!(
+                    out,
+                    "\"http\",\"client\":\"{}\",\"host\":",
+                    client.ip().to_canonical()
+                );
+                json_opt(&mut out, h.host.as_ref().map(HeaderValue::as_bytes));
+                out.push_str(",\"method\":");
+                json_str(&mut out, h.method.as_str().as_bytes());
+                out.push_str(",\"path\":");
+                json_str(&mut out, path(&h.uri).as_bytes());
+                let _ = write!(
+                    out,
+                    ",\"protocol\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
+                    version_str(h.version),
+                    h.status,
+                    h.bytes_in,
+                    h.bytes_out
+                );
+                match h.upstream {
+                    Some(a) => {
+                        let _ = write!(out, "\"{a}\"");
                     }
+                    None => out.push_str("null"),
                 }
+                out.push_str(",\"upstream_ms\":");
+                match h.upstream_time {
+                    Some(d) => millis(&mut out, d),
+                    None => out.push_str("null"),
+                }
+                out.push_str(",\"total_ms\":");
+                millis(&mut out, h.total_time);
+                out.push_str(",\"tls_version\":");
+                json_opt(&mut out, h.tls_version.map(str::as_bytes));
+                out.push_str(",\"sni\":");
+                json_opt(&mut out, h.sni.as_deref().map(str::as_bytes));
+                out.push_str(",\"referer\":");
+                json_opt(&mut out, h.referer.as_ref().map(HeaderValue::as_bytes));
+                out.push_str(",\"user_agent\":");
+                json_opt(&mut out, h.user_agent.as_ref().map(HeaderValue::as_bytes));
+            }
+            Record::Tcp(t) => {
+                let _ = write!(
+                    out,
+                    "\"tcp\",\"client\":\"{}\",\"listener\":",
+                    client.ip().to_canonical()
+                );
+                json_str(&mut out, t.listener.as_bytes());
+                out.push_str(",\"upstream\":");
+                match t.upstream {
+                    Some(a) => {
+                        let _ = write!(out, "\"{a}\"");
+                    }
+                    None => out.push_str("null"),
+                }
+                let _ = write!(
+                    out,
+                    ",\"bytes_in\":{},\"bytes_out\":{},\"total_ms\":",
+                    t.bytes_in, t.bytes_out
+                );
+                millis(&mut out, t.total_time);
+                out.push_str(",\"error\":");
+                json_opt(&mut out, t.error.as_deref().map(str::as_bytes));
             }
         }
-        out.push('"');
+        out.push('}');
+        self.line = out;
     }
-    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    match r {
-        Record::Http(h) => {
-            let _ = write!(
-                out,
-                "{} - - [{}] ",
-                h.client.ip().to_canonical(),
-                clf_time(h.time)
-            );
-            let request = format!(
-                "{} {} {}",
-                h.method,
-                h.uri.path_and_query().map_or("/", |p| p.as_str()),
-                version_str(h.version)
-            );
-            quoted(out, Some(&request));
-            let _ = write!(out, " {} {} ", h.status, h.bytes_out);
-            quoted(out, text(&h.referer));
-            out.push(' ');
-            quoted(out, text(&h.user_agent));
-            out.push(' ');
-            quoted(out, text(&h.host));
-            out.push(' ');
-            quoted(out, h.upstream.map(|a| a.to_string()).as_deref());
-            let _ = write!(
-                out,
-                " {} {}ms {} {} {}",
-                dash(h.upstream_time.map(|d| format!("{}ms", millis(d)))),
-                millis(h.total_time),
-                h.tls_version.unwrap_or("-"),
-                h.sni.as_deref().unwrap_or("-"),
-                h.bytes_in,
-            );
+
+    /// `client - - [time] "METHOD path PROTO" status bytes "referer" "agent" "host"
+    /// "upstream" upstream_ms total_ms tls sni bytes_in`; a TCP session puts `TCP listener`
+    /// in the request field.
+    pub fn combined(&mut self, r: &Record) {
+        let mut out = std::mem::take(&mut self.line);
+        let (time, client) = match r {
+            Record::Http(h) => (h.time, h.client),
+            Record::Tcp(t) => (t.time, t.client),
+        };
+        let (_, clf, _) = self.dates(time);
+        let _ = write!(out, "{} - - [{clf}] \"", client.ip().to_canonical());
+        match r {
+            Record::Http(h) => {
+                clf_escaped(&mut out, h.method.as_str().as_bytes());
+                out.push(' ');
+                clf_escaped(&mut out, path(&h.uri).as_bytes());
+                let _ = write!(
+                    out,
+                    " {}\" {} {} ",
+                    version_str(h.version),
+                    h.status,
+                    h.bytes_out
+                );
+                for v in [&h.referer, &h.user_agent, &h.host] {
+                    clf_quoted(&mut out, v.as_ref().map(HeaderValue::as_bytes));
+                    out.push(' ');
+                }
+                match h.upstream {
+                    Some(a) => {
+                        let _ = write!(out, "\"{a}\" ");
+                    }
+                    None => out.push_str("\"-\" "),
+                }
+                match h.upstream_time {
+                    Some(d) => {
+                        millis(&mut out, d);
+                        out.push_str("ms ");
+                    }
+                    None => out.push_str("- "),
+                }
+                millis(&mut out, h.total_time);
+                let _ = write!(
+                    out,
+                    "ms {} {} {}",
+                    h.tls_version.unwrap_or("-"),
+                    h.sni.as_deref().unwrap_or("-"),
+                    h.bytes_in
+                );
+            }
+            Record::Tcp(t) => {
+                out.push_str("TCP ");
+                clf_escaped(&mut out, t.listener.as_bytes());
+                let status = if t.error.is_some() { 502 } else { 200 };
+                let _ = write!(out, "\" {status} {} \"-\" \"-\" \"-\" ", t.bytes_out);
+                match t.upstream {
+                    Some(a) => {
+                        let _ = write!(out, "\"{a}\"");
+                    }
+                    None => out.push_str("\"-\""),
+                }
+                out.push_str(" - ");
+                millis(&mut out, t.total_time);
+                let _ = write!(out, "ms - - {}", t.bytes_in);
+            }
         }
-        Record::Tcp(t) => {
-            let _ = write!(
-                out,
-                "{} - - [{}] ",
-                t.client.ip().to_canonical(),
-                clf_time(t.time)
-            );
-            quoted(out, Some(&format!("TCP {}", t.listener)));
-            let status = if t.error.is_some() { 502 } else { 200 };
-            let _ = write!(out, " {status} {} \"-\" \"-\" \"-\" ", t.bytes_out);
-            quoted(out, t.upstream.map(|a| a.to_string()).as_deref());
-            let _ = write!(out, " - {}ms - - {}", millis(t.total_time), t.bytes_in);
+        self.line = out;
+    }
+}
+
+fn path(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+/// Milliseconds with three decimals, from integers.
+fn millis(out: &mut String, d: Duration) {
+    let us = d.as_micros();
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped; bytes that are not
+/// UTF-8 (allowed in header values) replaced.
+fn json_str(out: &mut String, v: &[u8]) {
+    out.push('"');
+    for c in String::from_utf8_lossy(v).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_opt(out: &mut String, v: Option<&[u8]>) {
+    match v {
+        Some(v) => json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// Text inside a combined-format quoted field: quotes and backslashes escaped, control
+/// characters as `\xNN` (as Apache does).
+fn clf_escaped(out: &mut String, v: &[u8]) {
+    for c in String::from_utf8_lossy(v).chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
         }
     }
 }
 
-fn utc(t: SystemTime) -> time::OffsetDateTime {
-    time::OffsetDateTime::from(t)
-}
-
-/// `2026-12-03T07:05:09.123Z`
-fn rfc3339(t: SystemTime) -> String {
-    let d = utc(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        d.year(),
-        d.month() as u8,
-        d.day(),
-        d.hour(),
-        d.minute(),
-        d.second(),
-        d.millisecond()
-    )
-}
-
-/// `03/Dec/2026:07:05:09 +0000`
-fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let d = utc(t);
-    format!(
-        "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
-        d.day(),
-        MONTHS[d.month() as usize - 1],
-        d.year(),
-        d.hour(),
-        d.minute(),
-        d.second()
-    )
+fn clf_quoted(out: &mut String, v: Option<&[u8]>) {
+    out.push('"');
+    match v {
+        Some(v) => clf_escaped(out, v),
+        None => out.push('-'),
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -409,9 +465,9 @@ mod tests {
 
     #[test]
     fn json_line_carries_every_field() {
-        let mut s = String::new();
-        json_line(&Record::Http(Box::new(http_record())), &mut s);
-        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let mut f = Formatter::default();
+        f.json(&Record::Http(Box::new(http_record())));
+        let v: serde_json::Value = serde_json::from_str(&f.line).unwrap();
         assert_eq!(v["time"], "2025-12-03T07:05:09.123Z");
         assert_eq!(v["client"], "192.0.2.7");
         assert_eq!(v["host"], "shop.example.com");
@@ -426,35 +482,41 @@ mod tests {
         assert_eq!(v["tls_version"], "TLSv1.3");
         assert_eq!(v["sni"], "shop.example.com");
         assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["user_agent"], "curl/8 \"x\"");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        // Control characters and bytes that are not UTF-8 still make valid JSON.
+        let mut r = http_record();
+        r.user_agent = Some(HeaderValue::from_bytes(b"a\tb\xffc\\").unwrap());
+        f.line.clear();
+        f.json(&Record::Http(Box::new(r)));
+        let v: serde_json::Value = serde_json::from_str(&f.line).unwrap();
+        assert_eq!(v["user_agent"], "a\tb\u{fffd}c\\");
     }
 
     #[test]
     fn combined_line_quotes_and_escapes() {
-        let mut s = String::new();
-        combined_line(&Record::Http(Box::new(http_record())), &mut s);
+        let mut f = Formatter::default();
+        f.combined(&Record::Http(Box::new(http_record())));
         assert_eq!(
-            s,
+            f.line,
             "192.0.2.7 - - [03/Dec/2025:07:05:09 +0000] \"POST /cart?id=1 HTTP/1.1\" 201 42 \
-             \"-\" \"curl/8 \\\"x\\\"\" \"shop.example.com\" \"10.0.0.5:8080\" 1.5ms 2.25ms \
+             \"-\" \"curl/8 \\\"x\\\"\" \"shop.example.com\" \"10.0.0.5:8080\" 1.500ms 2.250ms \
              TLSv1.3 shop.example.com 17"
         );
-        s.clear();
-        combined_line(
-            &Record::Tcp(TcpRecord {
-                time: SystemTime::UNIX_EPOCH,
-                client: "192.0.2.1:1".parse().unwrap(),
-                listener: Arc::from("db"),
-                upstream: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                total_time: Duration::from_millis(3),
-                error: Some("no endpoint".into()),
-            }),
-            &mut s,
-        );
+        f.line.clear();
+        f.combined(&Record::Tcp(TcpRecord {
+            time: SystemTime::UNIX_EPOCH,
+            client: "192.0.2.1:1".parse().unwrap(),
+            listener: Arc::from("db"),
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            total_time: Duration::from_millis(3),
+            error: Some("no endpoint".into()),
+        }));
         assert_eq!(
-            s,
-            "192.0.2.1 - - [01/Jan/1970:00:00:00 +0000] \"TCP db\" 502 0 \"-\" \"-\" \"-\" \"-\" - 3ms - - 0"
+            f.line,
+            "192.0.2.1 - - [01/Jan/1970:00:00:00 +0000] \"TCP db\" 502 0 \"-\" \"-\" \"-\" \"-\" - 3.000ms - - 0"
         );
     }
 

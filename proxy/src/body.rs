@@ -119,7 +119,7 @@ impl<B> Drop for Metered<B> {
             seen.store(self.bytes, Ordering::Relaxed);
         }
         if let Some(log) = self.log.take() {
-            log.finish(self.bytes);
+            (*log).finish(self.bytes);
         }
     }
 }

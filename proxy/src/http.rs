@@ -111,14 +111,13 @@ pub async fn handle(
         ..Outcome::default()
     };
     let resp = route(&shared, &conn, req, refuse, &mut outcome).await;
+    let mut record = Box::new(record);
+    record.status = resp.status().as_u16();
+    record.upstream = outcome.upstream;
+    record.upstream_time = outcome.upstream_time;
     let pending = Box::new(PendingLog {
         log,
-        record: HttpRecord {
-            status: resp.status().as_u16(),
-            upstream: outcome.upstream,
-            upstream_time: outcome.upstream_time,
-            ..record
-        },
+        record,
         started,
         bytes_in,
     });
@@ -126,7 +125,7 @@ pub async fn handle(
     Ok(resp.map(|b| match b {
         Either::Left(m) => Either::Left(m.log(Some(pending))),
         Either::Right(full) => {
-            pending.finish(full.size_hint().exact().unwrap_or(0));
+            (*pending).finish(full.size_hint().exact().unwrap_or(0));
             Either::Right(full)
         }
     }))
