@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -203,6 +203,8 @@ pub(crate) struct Formatter {
     pub line: String,
     /// (Unix second, `2026-12-03T07:05:09`, `03/Dec/2026:07:05:09 +0000`)
     date: Option<(u64, String, String)>,
+    ip: Option<(IpAddr, String)>,
+    addr: Option<(SocketAddr, String)>,
 }
 
 impl Formatter {
@@ -229,6 +231,33 @@ impl Formatter {
         (&d.1, &d.2, since.subsec_millis())
     }
 
+    /// `ip` as text, formatted once while it repeats (one client, one upstream).
+    fn ip(&mut self, ip: IpAddr) -> &str {
+        let ip = ip.to_canonical();
+        if self.ip.as_ref().is_none_or(|c| c.0 != ip) {
+            self.ip = Some((ip, ip.to_string()));
+        }
+        &self.ip.as_ref().expect("set above").1
+    }
+
+    fn addr(&mut self, addr: SocketAddr) -> &str {
+        if self.addr.as_ref().is_none_or(|c| c.0 != addr) {
+            self.addr = Some((addr, addr.to_string()));
+        }
+        &self.addr.as_ref().expect("set above").1
+    }
+
+    fn json_addr(&mut self, out: &mut String, addr: Option<SocketAddr>) {
+        match addr {
+            Some(a) => {
+                out.push('"');
+                out.push_str(self.addr(a));
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+    }
+
     /// The JSON line of a record: the field names are the stable interface (documented in
     /// the example configuration).
     pub fn json(&mut self, r: &Record) {
@@ -238,33 +267,35 @@ impl Formatter {
             Record::Tcp(t) => (t.time, t.client),
         };
         let (iso, _, ms) = self.dates(time);
-        let _ = write!(out, "{{\"time\":\"{iso}.{ms:03}Z\",\"kind\":");
+        out.push_str("{\"time\":\"");
+        out.push_str(iso);
+        out.push('.');
+        pad3(&mut out, ms);
+        out.push_str("Z\",\"kind\":");
+        out.push_str(match r {
+            Record::Http(_) => "\"http\",\"client\":\"",
+            Record::Tcp(_) => "\"tcp\",\"client\":\"",
+        });
+        out.push_str(self.ip(client.ip()));
+        out.push('"');
         match r {
             Record::Http(h) => {
-                let _ = write!(
-                    out,
-                    "\"http\",\"client\":\"{}\",\"host\":",
-                    client.ip().to_canonical()
-                );
+                out.push_str(",\"host\":");
                 json_opt(&mut out, h.host.as_ref().map(HeaderValue::as_bytes));
                 out.push_str(",\"method\":");
                 json_str(&mut out, h.method.as_str().as_bytes());
                 out.push_str(",\"path\":");
                 json_str(&mut out, path(&h.uri).as_bytes());
-                let _ = write!(
-                    out,
-                    ",\"protocol\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
-                    version_str(h.version),
-                    h.status,
-                    h.bytes_in,
-                    h.bytes_out
-                );
-                match h.upstream {
-                    Some(a) => {
-                        let _ = write!(out, "\"{a}\"");
-                    }
-                    None => out.push_str("null"),
-                }
+                out.push_str(",\"protocol\":\"");
+                out.push_str(version_str(h.version));
+                out.push_str("\",\"status\":");
+                num(&mut out, h.status as u64);
+                out.push_str(",\"bytes_in\":");
+                num(&mut out, h.bytes_in);
+                out.push_str(",\"bytes_out\":");
+                num(&mut out, h.bytes_out);
+                out.push_str(",\"upstream\":");
+                self.json_addr(&mut out, h.upstream);
                 out.push_str(",\"upstream_ms\":");
                 match h.upstream_time {
                     Some(d) => millis(&mut out, d),
@@ -282,24 +313,15 @@ impl Formatter {
                 json_opt(&mut out, h.user_agent.as_ref().map(HeaderValue::as_bytes));
             }
             Record::Tcp(t) => {
-                let _ = write!(
-                    out,
-                    "\"tcp\",\"client\":\"{}\",\"listener\":",
-                    client.ip().to_canonical()
-                );
+                out.push_str(",\"listener\":");
                 json_str(&mut out, t.listener.as_bytes());
                 out.push_str(",\"upstream\":");
-                match t.upstream {
-                    Some(a) => {
-                        let _ = write!(out, "\"{a}\"");
-                    }
-                    None => out.push_str("null"),
-                }
-                let _ = write!(
-                    out,
-                    ",\"bytes_in\":{},\"bytes_out\":{},\"total_ms\":",
-                    t.bytes_in, t.bytes_out
-                );
+                self.json_addr(&mut out, t.upstream);
+                out.push_str(",\"bytes_in\":");
+                num(&mut out, t.bytes_in);
+                out.push_str(",\"bytes_out\":");
+                num(&mut out, t.bytes_out);
+                out.push_str(",\"total_ms\":");
                 millis(&mut out, t.total_time);
                 out.push_str(",\"error\":");
                 json_opt(&mut out, t.error.as_deref().map(str::as_bytes));
@@ -382,16 +404,38 @@ fn path(uri: &Uri) -> &str {
     uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
+fn num(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// `n` (below 1000) as three digits.
+fn pad3(out: &mut String, n: u32) {
+    let n = n.min(999);
+    for d in [n / 100, n / 10 % 10, n % 10] {
+        out.push(char::from(b'0' + d as u8));
+    }
+}
+
 /// Milliseconds with three decimals, from integers.
 fn millis(out: &mut String, d: Duration) {
-    let us = d.as_micros();
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    let us = d.as_micros() as u64;
+    num(out, us / 1000);
+    out.push('.');
+    pad3(out, (us % 1000) as u32);
 }
 
 /// A JSON string: quotes, backslashes and control characters escaped; bytes that are not
 /// UTF-8 (allowed in header values) replaced.
 fn json_str(out: &mut String, v: &[u8]) {
     out.push('"');
+    // The usual case: printable ASCII with nothing to escape.
+    if v.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(std::str::from_utf8(v).expect("checked ASCII"));
+        out.push('"');
+        return;
+    }
     for c in String::from_utf8_lossy(v).chars() {
         match c {
             '"' => out.push_str("\\\""),
