@@ -322,7 +322,7 @@ impl Daemon {
             workers,
         ));
         proxy
-            .set_access_log(config.access_log.as_ref())
+            .set_access_log(config.access_log.as_ref(), false)
             .map_err(|e| ConfigError {
                 file: config.file.clone(),
                 line: None,
@@ -512,9 +512,10 @@ impl Daemon {
         let acme = acme_entries(&self.acme_certs.lock().expect("acme lock"));
         let (certs, default) = crate::certs::build(&new, &self.tls_hosts(&new), &acme)
             .map_err(|e| format!("{e:#}"))?;
-        // Last of the checks that can fail without undoing anything.
+        // Last of the checks that can fail without undoing anything. A reload also reopens
+        // the log file, so logrotate's postrotate can be `kill -HUP` or `meshctl reload`.
         self.proxy
-            .set_access_log(new.access_log.as_ref())
+            .set_access_log(new.access_log.as_ref(), true)
             .map_err(|e| format!("access_log.path: cannot open: {e}"))?;
         let old_certs = self.proxy.certs().entries();
         let old_status = self.proxy.certs().status();

@@ -244,11 +244,17 @@ impl Proxy {
         }
     }
 
-    /// Starts, changes or stops the access log. A destination that cannot be opened changes
-    /// nothing: the error names it and the previous log carries on.
-    pub fn set_access_log(&self, spec: Option<&AccessLogSpec>) -> std::io::Result<()> {
+    /// Starts, changes or stops the access log; with `reopen`, a file is opened again even
+    /// when nothing changed (after logrotate moved it away). A destination that cannot be
+    /// opened changes nothing: the error names it and the previous log carries on.
+    pub fn set_access_log(
+        &self,
+        spec: Option<&AccessLogSpec>,
+        reopen: bool,
+    ) -> std::io::Result<()> {
         let mut current = self.access_log_spec.lock().expect("access log lock");
-        if current.as_ref() == spec {
+        let is_file = spec.is_some_and(|s| s.path.is_some());
+        if current.as_ref() == spec && !(reopen && is_file) {
             return Ok(());
         }
         let log = match spec {

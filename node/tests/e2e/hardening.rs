@@ -498,6 +498,14 @@ async fn access_log_lines_carry_every_field_and_route_limits_hold() {
         "{line}"
     );
 
+    // logrotate: the file is moved away, a reload opens a new one.
+    let combined_path = node.dir.path().join("combined.log");
+    std::fs::rename(&combined_path, node.dir.path().join("combined.log.1")).unwrap();
+    let (code, body) = node.reload().await;
+    assert_eq!(code, 200, "{body}");
+    spread(node, 1).await;
+    assert_eq!(log_lines(&combined_path, 1).await.len(), 1);
+
     // A destination that cannot be opened is refused at reload; logging carries on as it was.
     let cfg = std::fs::read_to_string(&node.config)
         .unwrap()
@@ -507,7 +515,7 @@ async fn access_log_lines_carry_every_field_and_route_limits_hold() {
     assert_ne!(code, 200);
     assert!(body.contains("access_log.path"), "{body}");
     spread(node, 1).await;
-    log_lines(&node.dir.path().join("combined.log"), 2).await;
+    log_lines(&combined_path, 2).await;
 }
 
 /// testssl.sh (Debian's package) against an HTTPS listener: no finding of severity HIGH or
