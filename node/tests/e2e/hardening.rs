@@ -122,19 +122,6 @@ async fn health_backend(name: &'static str) -> (SocketAddr, Arc<AtomicU16>, Arc<
     (addr, status, served)
 }
 
-/// An upstream that accepts and never answers.
-async fn silent_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    addr
-}
-
 struct Bench {
     node: harness::Node,
     h1: (SocketAddr, Arc<AtomicU16>, Arc<AtomicUsize>),
@@ -149,7 +136,7 @@ async fn start() -> Bench {
 async fn start_with(template: &str, mut vars: Vec<(&'static str, String)>) -> Bench {
     let h1 = health_backend("h1").await;
     let h2 = health_backend("h2").await;
-    let silent = silent_upstream().await;
+    let (silent, _) = crate::limits::silent_upstream().await;
     let (echo, _) = harness::echo_backend().await;
     vars.extend([
         ("h1", h1.0.to_string()),

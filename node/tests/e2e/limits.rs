@@ -53,7 +53,7 @@ endpoints = ["{full}"]
 "#;
 
 /// An upstream that accepts, reads and counts bytes, and never answers.
-async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+pub(crate) async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
