@@ -12,13 +12,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use http_body_util::{Either, Empty};
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::pool::Endpoint;
+use crate::upstream;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -151,27 +151,30 @@ pub async fn probe(addr: SocketAddr, spec: &HealthCheckSpec) -> Result<(), Strin
 }
 
 async fn probe_inner(addr: SocketAddr, spec: &HealthCheckSpec) -> Result<(), String> {
-    let stream = TcpStream::connect(addr)
+    let CheckKind::Http { path, host, expect } = &spec.kind else {
+        return TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("connect: {e}"));
+    };
+    // The proxy's own upstream connection (not pooled: dropped after the answer).
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    let mut conn = upstream::connect(addr, timeout)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let CheckKind::Http { path, host, expect } = &spec.kind else {
-        return Ok(());
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    let driver = tokio::spawn(conn);
     let host = host.clone().unwrap_or_else(|| addr.to_string());
     let req = http::Request::get(path.as_str())
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "edgemesh-health-check")
         .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
+        .body(Either::Right(Empty::<Bytes>::new()))
         .map_err(|e| format!("request for {path:?}: {e}"))?;
-    let result = send.send_request(req).await;
-    driver.abort();
-    let status = result.map_err(|e| format!("HTTP: {e}"))?.status().as_u16();
+    let status = conn
+        .send(req)
+        .await
+        .map_err(|e| format!("HTTP: {}", e.error()))?
+        .status()
+        .as_u16();
     if (expect.0..=expect.1).contains(&status) {
         Ok(())
     } else {
