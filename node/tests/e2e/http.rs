@@ -295,7 +295,9 @@ async fn one_gib_upload_and_download_stream_with_bounded_memory() {
         format!("bytes={GIB} fnv={:x}", expected.0)
     );
 
-    // Download: we count and hash what arrives.
+    // Download: we count and hash what arrives. The connection may still be finishing the
+    // upload's exchange: wait until it takes the next request.
+    send.ready().await.unwrap();
     let req = hyper::Request::get(format!("/download?{GIB}"))
         .header("host", "plain.test")
         .body(harness::pattern_body(0))
