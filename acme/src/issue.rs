@@ -245,6 +245,43 @@ pub async fn issue<S: ChallengeStore, D: DnsSolver>(
     }
 }
 
+/// A failed finalize request. Only a rejected nonce proves the CA did not act on it; after
+/// any other failure it may have issued, so the caller must not place a new order (that
+/// would issue twice) but resume the recorded one.
+fn finalize_err(e: instant_acme::Error) -> AcmeError {
+    let refused = matches!(&e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce"));
+    let mut e = err("finalize")(e);
+    e.transient = refused;
+    e
+}
+
+/// The chain of a finalized order. Transient failures are retried on the same order, never
+/// with a new one: the CA has been asked to issue, and a second order would issue again.
+/// The error returned is never `transient` for that reason.
+async fn certificate(
+    order: &mut instant_acme::Order,
+    retry: &RetryPolicy,
+) -> Result<String, AcmeError> {
+    let mut attempt = 1;
+    loop {
+        match order.poll_certificate(retry).await {
+            Ok(chain) => return Ok(chain),
+            Err(e) => {
+                let mut e = err("certificate")(e);
+                if e.transient && attempt < ATTEMPTS {
+                    tracing::warn!(attempt, error = %e, "fetching the certificate failed; asking again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                    continue;
+                }
+                e.transient = false;
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Places the order, naming the certificate it replaces when the CA takes that.
 async fn new_order(acme: &Acme, spec: &OrderSpec) -> Result<instant_acme::Order, AcmeError> {
     let ids: Vec<Identifier> = spec.names.iter().cloned().map(Identifier::Dns).collect();
@@ -348,11 +385,8 @@ async fn issue_once<S: ChallengeStore, D: DnsSolver>(
             .before_finalize(order.url(), &key.serialize_pem())
             .await
             .map_err(|e| other("recording the order", e))?;
-        order.finalize_csr(&csr).await.map_err(err("finalize"))?;
-        let chain_pem = order
-            .poll_certificate(&retry)
-            .await
-            .map_err(err("certificate"))?;
+        order.finalize_csr(&csr).await.map_err(finalize_err)?;
+        let chain_pem = certificate(&mut order, &retry).await?;
         let validity = Validity::of_pem(&chain_pem)
             .ok_or_else(|| other("certificate", "the CA's chain does not parse"))?;
         Ok(Issued {
@@ -380,11 +414,20 @@ pub async fn resume(
     names: &[String],
     patience: Duration,
 ) -> Result<Option<Issued>, AcmeError> {
-    let mut order = acme
-        .account
-        .order(order_url.to_string())
-        .await
-        .map_err(err("resume order"))?;
+    let mut attempt = 1;
+    let mut order = loop {
+        match acme.account.order(order_url.to_string()).await {
+            Ok(o) => break o,
+            Err(e) => {
+                let e = err("resume order")(e);
+                if !e.transient || attempt == ATTEMPTS {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+        }
+    };
     let retry = polling(patience);
     let status = order.state().status;
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| other("stored key", e))?;
@@ -395,14 +438,11 @@ pub async fn resume(
             order
                 .finalize_csr(&csr(names, &key)?)
                 .await
-                .map_err(err("finalize"))?;
+                .map_err(finalize_err)?;
         }
         _ => return Ok(None),
     }
-    let chain_pem = order
-        .poll_certificate(&retry)
-        .await
-        .map_err(err("certificate"))?;
+    let chain_pem = certificate(&mut order, &retry).await?;
     let validity = Validity::of_pem(&chain_pem)
         .ok_or_else(|| other("certificate", "the CA's chain does not parse"))?;
     Ok(Some(Issued {

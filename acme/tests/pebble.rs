@@ -271,6 +271,74 @@ async fn a_recorded_order_is_resumed_for_its_certificate_not_ordered_again() {
     assert_eq!(pebble.issued(), 1, "the CA issued once");
 }
 
+/// With many nonces rejected, requests fail after the CA was asked to issue (finalize,
+/// fetching the chain). Those must never start a new order: the certificate would be issued
+/// twice (Let's Encrypt allows 5 duplicates a week). Whatever fails, the recorded order is
+/// resumed, and the CA issues exactly one certificate per certificate obtained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_after_finalize_resume_the_order_and_never_issue_twice() {
+    let store = Recording::default();
+    let port = serve_tokens(store.tokens.clone()).await;
+    // 45% of nonces rejected: after instant-acme's 3 tries, 9% of requests fail.
+    let pebble = Pebble::start(port, &[("PEBBLE_WFE_NONCEREJECT", "45")]);
+    let (account, _) = loop {
+        if let Ok(a) = open_account(&pebble.config(), None).await {
+            break a;
+        }
+    };
+    let (mut obtained, mut failed_after_finalize, mut resumed) = (0, 0, 0);
+    for i in 0..6 {
+        let names = names(&[&format!("dup{i}.edge.test")]);
+        let order = OrderSpec {
+            names: names.clone(),
+            ..OrderSpec::default()
+        };
+        *store.pending.lock().unwrap() = None;
+        let mut tries = 0;
+        let chain = loop {
+            tries += 1;
+            assert!(tries < 20, "no certificate for {names:?} in 20 tries");
+            let recorded = store.pending.lock().unwrap().clone();
+            if let Some((url, key)) = recorded {
+                // What the next leader does with the recorded order.
+                match resume(&account, &url, &key, &names, Duration::from_secs(30)).await {
+                    Ok(Some(i)) => {
+                        resumed += 1;
+                        break i.chain_pem;
+                    }
+                    Ok(None) => panic!("a finalized order is resumable"),
+                    Err(e) => {
+                        assert!(!e.transient || e.step == "resume order", "{e}");
+                        continue;
+                    }
+                }
+            }
+            match issue(&account, &order, &store, &NoDns, Duration::from_secs(30)).await {
+                Ok(i) => break i.chain_pem,
+                Err(e) => {
+                    if store.pending.lock().unwrap().is_some() {
+                        failed_after_finalize += 1;
+                        assert!(
+                            !e.transient,
+                            "a failure after finalize must not invite a new order: {e}"
+                        );
+                    }
+                }
+            }
+        };
+        assert_eq!(sans(&chain), vec![format!("DNSName({})", names[0])]);
+        obtained += 1;
+        assert_eq!(
+            pebble.issued(),
+            obtained,
+            "the CA issued more certificates than were obtained"
+        );
+    }
+    eprintln!(
+        "{obtained} certificates, {failed_after_finalize} orders failed after finalize, {resumed} resumed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns01_issues_a_wildcard_and_its_base_domain_then_removes_the_records() {
     // Every authorization fresh, so each order presents every name.

@@ -309,32 +309,38 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             // A previous leader may have died after asking the CA to issue: finish its order
             // rather than placing another (the certificate is issued once).
             let resumed = match host.get(&pending_key).and_then(|b| decode::<Pending>(&b)) {
-                None => None,
-                Some(p) => {
-                    let r = resume(
-                        acct,
-                        &p.order_url,
-                        &p.key_pem,
-                        &set,
-                        Duration::from_secs(60),
-                    )
-                    .await;
-                    match r {
-                        Ok(Some(i)) => {
-                            info!(host = %name, order = %p.order_url, "resumed the previous leader's order");
-                            Some(i)
-                        }
-                        Ok(None) => None,
-                        Err(e) => {
-                            warn!(host = %name, error = %e, "previous leader's order not resumable; ordering anew");
-                            None
-                        }
+                None => Ok(None),
+                Some(p) => match resume(
+                    acct,
+                    &p.order_url,
+                    &p.key_pem,
+                    &set,
+                    Duration::from_secs(60),
+                )
+                .await
+                {
+                    Ok(Some(i)) => {
+                        info!(host = %name, order = %p.order_url, "resumed the previous leader's order");
+                        Ok(Some(i))
                     }
-                }
+                    Ok(None) => Ok(None),
+                    // The CA may have issued on it: a new order now could issue a second
+                    // certificate, so this round fails and the next one asks again, up to
+                    // MAX_RESUME_FAILURES rounds.
+                    Err(e) if resume_again(&e, status.failures) => {
+                        warn!(host = %name, error = %e, "previous order not resumable yet; asking again after the back-off");
+                        Err(e)
+                    }
+                    Err(e) => {
+                        warn!(host = %name, error = %e, "previous leader's order not resumable; ordering anew");
+                        Ok(None)
+                    }
+                },
             };
             let result = match resumed {
-                Some(i) => Ok(i),
-                None => {
+                Ok(Some(i)) => Ok(i),
+                Err(e) => Err(e),
+                Ok(None) => {
                     let spec = OrderSpec {
                         names: set.clone(),
                         dns01: settings.dns01,
@@ -401,6 +407,17 @@ pub async fn run<H: AcmeHost + 'static>(host: Arc<H>) {
             let _ = host.publish(&status_key, encode(&status));
         }
     }
+}
+
+/// Failed rounds on a recorded order before a new one is placed instead.
+const MAX_RESUME_FAILURES: u32 = 3;
+
+/// Whether a recorded order that failed to resume is asked again (the round fails) rather
+/// than replaced by a new order: when the failure says nothing about the order itself (a
+/// transient error) or came after the CA accepted it (finalize, certificate), for a few
+/// rounds. A missing or refused order is replaced at once.
+fn resume_again(e: &edgemesh_acme::AcmeError, failures: u32) -> bool {
+    (e.transient || matches!(e.step, "finalize" | "certificate")) && failures < MAX_RESUME_FAILURES
 }
 
 /// Writes `record` as `dir/<host>.crt` and `dir/<host>.key` (0600), atomically.
@@ -474,6 +491,25 @@ pub fn load_dir(dir: &Path) -> Vec<(String, CertRecord)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_order_is_asked_again_unless_it_is_gone() {
+        let e = |step: &'static str, transient: bool| edgemesh_acme::AcmeError {
+            step,
+            message: "x".into(),
+            rate_limited: false,
+            transient,
+            retry_after: None,
+        };
+        // The CA may have issued on it: ask again, for a few rounds.
+        assert!(resume_again(&e("certificate", false), 0));
+        assert!(resume_again(&e("finalize", false), 2));
+        assert!(resume_again(&e("resume order", true), 0));
+        assert!(!resume_again(&e("certificate", false), MAX_RESUME_FAILURES));
+        // The order is gone or refused, or the stored key is bad: order anew now.
+        assert!(!resume_again(&e("resume order", false), 0));
+        assert!(!resume_again(&e("stored key", false), 0));
+    }
 
     #[test]
     fn name_sets_first_then_one_certificate_per_remaining_host() {

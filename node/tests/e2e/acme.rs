@@ -257,7 +257,23 @@ async fn the_leader_orders_a_non_leader_answers_the_validation_and_every_node_se
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert_eq!(pebble.issued(), 2, "api.edge.test issued exactly once");
+    let acme_lines = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("ACME") || l.contains("order") || l.contains("leader"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        pebble.issued(),
+        2,
+        "api.edge.test issued exactly once\nkilled {leader}:\n{}\n{}",
+        acme_lines(dead.log()),
+        nodes
+            .iter()
+            .map(|(id, n)| format!("{id}:\n{}", acme_lines(n.log())))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// A TCP forwarder to a switchable target; returns its port.
