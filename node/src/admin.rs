@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use http_body_util::BodyExt;
 
-use crate::daemon::{Daemon, PublishError};
+use crate::daemon::{ChangeError, Daemon, PublishError};
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -43,17 +43,9 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
 
 /// `PUT /pools/<name>` with a JSON list of `"ip:port"` or `"ip:port=weight"`.
 async fn put_pool(d: &Daemon, name: &str, req: Request<Incoming>) -> (StatusCode, String) {
-    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body: {e}\n"),
-            )
-        }
+    let body = match body(req, 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return e,
     };
     let items: Vec<String> = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -88,7 +80,108 @@ async fn put_pool(d: &Daemon, name: &str, req: Request<Incoming>) -> (StatusCode
     }
 }
 
+/// A request body of at most `limit` bytes.
+async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, (StatusCode, String)> {
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body: {e}\n"),
+        )),
+    }
+}
+
+/// A change to the cluster configuration (`POST /config`, `/config/check`,
+/// `/config/rollback`).
+#[derive(serde::Deserialize)]
+struct ConfigChange {
+    /// The document (apply, check) or the version to restore (rollback).
+    #[serde(default)]
+    doc: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    author: String,
+    /// The live version this change replaces (compare-and-set); absent for a first one.
+    replaces: Option<u64>,
+    rollback_to: Option<u64>,
+}
+
+async fn post_config(d: &Daemon, path: &str, req: Request<Incoming>) -> (StatusCode, String) {
+    let bytes = match body(req, crate::cluster_config::MAX_DOC_BYTES + 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    let c: ConfigChange = match serde_json::from_slice(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected JSON {{doc, source, author, replaces}}: {e}\n"),
+            )
+        }
+    };
+    let source = if c.source.is_empty() {
+        "admin API".to_string()
+    } else {
+        c.source
+    };
+    let result = match path {
+        "/config/check" => {
+            return match d.check_config(&source, &c.doc).await {
+                Ok(hash) => (
+                    StatusCode::OK,
+                    serde_json::json!({ "hash": hash }).to_string(),
+                ),
+                Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+            }
+        }
+        "/config/rollback" => match c.rollback_to {
+            Some(to) => d.rollback_config(to, c.author, c.replaces).await,
+            None => return (StatusCode::BAD_REQUEST, "rollback_to is missing\n".into()),
+        },
+        _ => {
+            d.change_config(crate::cluster_config::Proposal {
+                id: 0,
+                doc: c.doc,
+                source,
+                node: String::new(),
+                author: c.author,
+                replaces: c.replaces,
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(v) => (
+            StatusCode::OK,
+            serde_json::json!({ "version": v }).to_string(),
+        ),
+        Err(e) => {
+            let code = match e {
+                ChangeError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ChangeError::Conflict(_) => StatusCode::CONFLICT,
+                ChangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
+            };
+            (code, format!("{e}\n"))
+        }
+    }
+}
+
 async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && req.uri().path().starts_with("/config") {
+        let path = req.uri().path().to_string();
+        if ["/config", "/config/check", "/config/rollback"].contains(&path.as_str()) {
+            let (status, body) = post_config(d, &path, req).await;
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            return r;
+        }
+    }
     if req.method() == Method::PUT {
         if let Some(name) = req.uri().path().strip_prefix("/pools/").map(str::to_string) {
             let (status, body) = put_pool(d, &name, req).await;
@@ -121,6 +214,21 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "application/json",
             serde_json::to_string_pretty(&d.topology_json().await).unwrap_or_default(),
         ),
+        (&Method::GET, "/config") => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({ "live": d.live_config() }).to_string(),
+        ),
+        (&Method::GET, "/config/history") => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&d.config_history()).unwrap_or_default(),
+        ),
+        (&Method::GET, "/config/status") => (
+            StatusCode::OK,
+            "application/json",
+            d.config_status_json().to_string(),
+        ),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -149,7 +257,7 @@ async fn handle(d: &Daemon, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /healthz, /status, /members, /topology, /metrics, POST /reload, POST /drain, POST /drain/undo or PUT /pools/<name>\n".into(),
+            "try /healthz, /status, /members, /topology, /metrics, /config, /config/history, /config/status, POST /config, POST /config/check, POST /config/rollback, POST /reload, POST /drain, POST /drain/undo or PUT /pools/<name>\n".into(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

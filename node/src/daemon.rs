@@ -23,13 +23,17 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Advertise, Config, ConfigError, GossipConfig, PublicIp};
+use crate::config::{self, Advertise, ClusterDoc, Config, ConfigError, GossipConfig, PublicIp};
 use crate::projection;
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
 use edgemesh_gossip::ClusterState;
 use edgemesh_gossip::{
     ClusterKey, ElectionConfig, Keyring, Mesh, MeshConfig, MeshStatus, NodeMeta,
 };
+
+mod cluster;
+
+pub use cluster::ChangeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -109,6 +113,10 @@ pub struct Daemon {
     leader_changes: Counter,
     broadcast_backlog: prometheus_client::metrics::gauge::Gauge,
     current: tokio::sync::Mutex<(Config, u64)>,
+    /// The cluster-wide configuration running here, and the state's change counter when it
+    /// was last looked at.
+    cluster: Mutex<cluster::Local>,
+    cluster_seen: std::sync::atomic::AtomicU64,
     state: Mutex<ConfigState>,
     reloads: Family<ResultLabel, Counter>,
     registry: Registry,
@@ -286,7 +294,30 @@ fn env(k: &str) -> Option<String> {
 impl Daemon {
     /// Loads `path`, binds the listeners and the admin API. Errors here end the process.
     pub async fn start(path: &Path) -> Result<(Arc<Daemon>, TcpListener), StartError> {
-        let config = config::load_source(path, &env)?;
+        let mut config = config::load_source(path, &env)?;
+        // The cluster version this node ran last: serve its routes at once, as before.
+        let mut cluster = cluster::Local::default();
+        if let Some(v) = cluster::load_persisted(&config.data_dir) {
+            let name = cluster::doc_name(&v);
+            let doc = ClusterDoc {
+                name: &name,
+                src: &v.doc,
+            };
+            match config::load_with(path, Some(doc), &env) {
+                Ok(c) => {
+                    info!(
+                        version = v.version,
+                        "starting with the cluster configuration kept on disk"
+                    );
+                    config = c;
+                    cluster.considered = Some((v.version, v.hash.clone()));
+                    cluster.applied = Some(v);
+                }
+                Err(e) => {
+                    warn!(error = %e, "the cluster configuration kept on disk does not validate; starting from the node's file")
+                }
+            }
+        }
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let reloads = Family::<ResultLabel, Counter>::default();
@@ -446,6 +477,8 @@ impl Daemon {
                 last_reload: None,
             }),
             current: tokio::sync::Mutex::new((config, file_hash(path).unwrap_or(0))),
+            cluster: Mutex::new(cluster),
+            cluster_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
             reloads,
             registry,
             admin_addr,
@@ -462,41 +495,44 @@ impl Daemon {
         let mut current = self.current.lock().await;
         let path = current.0.file.clone();
         let hash = file_hash(&path).unwrap_or(0);
-        let result = self.apply(&current.0, &path).await;
-        let outcome = ReloadOutcome {
-            ok: result.is_ok(),
-            at: unix_now(),
-            trigger: trigger.into(),
-            error: result.as_ref().err().cloned(),
-        };
-        match result {
+        // The routing sections stay those of the cluster version running here, if any.
+        let running = self.cluster.lock().expect("cluster lock").applied.clone();
+        let name = running.as_ref().map(cluster::doc_name);
+        let doc = running
+            .as_ref()
+            .zip(name.as_deref())
+            .map(|(v, name)| ClusterDoc { name, src: &v.doc });
+        let result = self.apply(&current.0, &path, doc).await;
+        let out = match result {
             Ok(config) => {
                 info!(file = %path.display(), trigger, "configuration reloaded");
+                if !config.shadowed.is_empty() && running.is_some() {
+                    warn!(sections = ?config.shadowed, "these sections of the node's file are not used: the cluster configuration holds them");
+                }
                 *current = (config, hash);
-                self.reloads
-                    .get_or_create(&ResultLabel { result: "ok" })
-                    .inc();
-                let mut st = self.state.lock().expect("state lock");
-                st.generation += 1;
-                st.loaded_at = outcome.at;
-                st.last_reload = Some(outcome);
+                self.config_applied(trigger, None);
                 Ok(())
             }
             Err(e) => {
                 error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
                 // Remember the hash so a bad file is not re-tried every poll.
                 current.1 = hash;
-                self.reloads
-                    .get_or_create(&ResultLabel { result: "failed" })
-                    .inc();
-                self.state.lock().expect("state lock").last_reload = Some(outcome);
+                self.config_applied(trigger, Some(e.clone()));
                 Err(e)
             }
-        }
+        };
+        drop(current);
+        self.retry_refused();
+        out
     }
 
-    async fn apply(&self, old: &Config, path: &Path) -> Result<Config, String> {
-        let new = config::load_source(path, &env).map_err(|e| e.to_string())?;
+    async fn apply(
+        &self,
+        old: &Config,
+        path: &Path,
+        doc: Option<ClusterDoc<'_>>,
+    ) -> Result<Config, String> {
+        let new = config::load_with(path, doc, &env).map_err(|e| e.to_string())?;
         for (what, changed) in [
             ("node.admin_addr", new.admin_addr != old.admin_addr),
             ("node.data_dir", new.data_dir != old.data_dir),
@@ -1036,6 +1072,7 @@ impl Daemon {
     /// Serves until SIGTERM or SIGINT, then drains within the configured timeout.
     pub async fn run(self: Arc<Self>, admin: TcpListener) -> Result<()> {
         let admin_task = tokio::spawn(crate::admin::serve(admin, self.clone()));
+        self.report_start();
         self.start_ecs().await;
         let dns_task = tokio::spawn(self.clone().run_dns());
         let acme_task = tokio::spawn(crate::acme::run(self.clone()));
@@ -1057,6 +1094,7 @@ impl Daemon {
         loop {
             tokio::select! {
                 _ = projection.tick() => {
+                    self.follow_cluster_config().await;
                     self.project_pools().await;
                     self.project_acme().await;
                 }

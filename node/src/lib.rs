@@ -5,6 +5,7 @@ pub mod acme;
 pub mod admin;
 pub mod aws;
 pub mod certs;
+pub mod cluster_config;
 pub mod config;
 pub mod daemon;
 pub mod demo;

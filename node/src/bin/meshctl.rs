@@ -13,6 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
+#[path = "meshctl/config.rs"]
+mod config;
+
 #[derive(Parser)]
 #[command(
     name = "meshctl",
@@ -62,6 +65,12 @@ enum Command {
     },
     /// The mesh's leader as this node sees it: leader, term, this node's role, the voters.
     Leader,
+    /// The cluster-wide configuration (listeners, routes, pools, tls, limits) that every node
+    /// runs: get, apply FILE, history, rollback VERSION, status.
+    Config {
+        #[command(subcommand)]
+        action: config::ConfigAction,
+    },
     /// Print a new random cluster key (base64) for EDGEMESH_CLUSTER_KEY or a key file.
     Keygen,
     /// Certificates this node serves: names, issuer, expiry, which nodes hold each, and the
@@ -722,6 +731,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
+        Command::Config { action } => config::run(&cli.addr, action).await,
         Command::Keygen => {
             println!("{}", edgemesh_gossip::ClusterKey::generate().to_base64());
             Ok(ExitCode::SUCCESS)
@@ -772,6 +782,17 @@ async fn request_with(
     path: &str,
     body: String,
 ) -> Result<(u16, String), String> {
+    request_for(addr, method, path, body, 5).await
+}
+
+/// A request to the admin API, given `secs` to answer.
+async fn request_for(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: String,
+    secs: u64,
+) -> Result<(u16, String), String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = hyper::Request::builder()
         .method(method)
@@ -783,7 +804,7 @@ async fn request_with(
             "cannot reach the edgemesh admin API at {addr}: {e} (is the node running? use --addr)"
         )
     };
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(secs), client.request(req))
         .await
         .map_err(|_| unreachable(&"timed out"))?
         .map_err(|e| unreachable(&error_chain(&e)))?;

@@ -70,6 +70,34 @@ struct RawConfig {
     access_log: Option<RawAccessLog>,
 }
 
+/// The sections a cluster-wide document may hold; everything else stays in each node's file.
+pub const CLUSTER_SECTIONS: [&str; 5] = ["listeners", "routes", "pools", "tls", "limits"];
+
+/// A cluster-wide configuration document: the routing sections only.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClusterDoc {
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+}
+
+/// A cluster-wide document to run in place of the routing sections of a node's file.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterDoc<'a> {
+    /// How errors name it: the operator's file (`routes.toml`) or the version
+    /// (`cluster config v4`).
+    pub name: &'a Path,
+    pub src: &'a str,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessLog {
@@ -401,6 +429,8 @@ pub struct Config {
     pub acme: Option<crate::acme::AcmeSettings>,
     /// The DNS entrypoint records, when `[entrypoint]` is present.
     pub entrypoint: Option<crate::entrypoint::EntrypointSettings>,
+    /// Routing sections of the node's file that a cluster document replaced.
+    pub shadowed: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -476,10 +506,68 @@ pub fn load_source(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    load_with(path, None, env)
+}
+
+/// [`load_source`] with the routing sections taken from `doc` instead of the node's file.
+pub fn load_with(
+    path: &Path,
+    doc: Option<ClusterDoc>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     match env(CONFIG_ENV) {
-        Some(src) => parse(&config_env_path(), &src, env),
-        None => load(path, env),
+        Some(src) => parse_with(&config_env_path(), &src, doc, env),
+        None => {
+            let src = read(path)?;
+            parse_with(path, &src, doc, env)
+        }
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// Checks that `doc` holds only [`CLUSTER_SECTIONS`] and parses as TOML, naming the line
+/// of the first key that does not belong. Returns the sections it holds too.
+fn cluster_doc(doc: ClusterDoc) -> Result<(RawClusterDoc, KeyIndex, Vec<String>), ConfigError> {
+    let index = KeyIndex::new(doc.src);
+    let located = |e: toml::de::Error| {
+        let line = e.span().map(|s| index.line_of_offset(s.start));
+        ConfigError {
+            file: doc.name.to_path_buf(),
+            line,
+            key: line.and_then(|l| index.key_at_line(l)).map(str::to_string),
+            message: e.message().trim().to_string(),
+        }
+    };
+    let table: toml::Table = toml::from_str(doc.src).map_err(located)?;
+    if let Some(k) = table
+        .keys()
+        .find(|k| !CLUSTER_SECTIONS.contains(&k.as_str()))
+    {
+        return Err(ConfigError {
+            file: doc.name.to_path_buf(),
+            line: index.line_of(k),
+            key: Some(k.clone()),
+            message: format!(
+                "[{k}] is node-local and stays in each node's file; a cluster configuration holds {}",
+                CLUSTER_SECTIONS.join(", ")
+            ),
+        });
+    }
+    let raw = toml::from_str(doc.src).map_err(located)?;
+    Ok((raw, index, table.keys().cloned().collect()))
+}
+
+/// The top-level section a key path belongs to (`routes[1].pool` -> `routes`).
+fn section(key: &str) -> &str {
+    key.split(['.', '[']).next().unwrap_or(key)
 }
 
 /// What stands for the file when the configuration comes from [`CONFIG_ENV`].
@@ -490,13 +578,7 @@ pub fn config_env_path() -> PathBuf {
 /// Reads, parses and validates a configuration file, then applies `EDGEMESH_*` overrides
 /// from `env`.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(path, &src, env)
+    parse(path, &read(path)?, env)
 }
 
 pub fn parse(
@@ -504,14 +586,39 @@ pub fn parse(
     src: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    parse_with(path, src, None, env)
+}
+
+/// Parses a node's file; with `doc`, its routing sections ([`CLUSTER_SECTIONS`]) come from
+/// the cluster document, and errors in them name the document and its lines.
+pub fn parse_with(
+    path: &Path,
+    src: &str,
+    doc: Option<ClusterDoc>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let index = KeyIndex::new(src);
-    let err = |key: &str, message: String| ConfigError {
-        file: path.to_path_buf(),
-        line: index.line_of(key),
-        key: Some(key.to_string()),
-        message,
+    let (mut doc_raw, doc_meta) = match doc.map(cluster_doc).transpose()? {
+        Some((raw, index, held)) => (Some(raw), Some((index, held))),
+        None => (None, None),
     };
-    let raw: RawConfig = toml::from_str(src).map_err(|e| {
+    let err = |key: &str, message: String| match (&doc_meta, doc) {
+        (Some((doc_index, held)), Some(d)) if held.iter().any(|h| h == section(key)) => {
+            ConfigError {
+                file: d.name.to_path_buf(),
+                line: doc_index.line_of(key),
+                key: Some(key.to_string()),
+                message,
+            }
+        }
+        _ => ConfigError {
+            file: path.to_path_buf(),
+            line: index.line_of(key),
+            key: Some(key.to_string()),
+            message,
+        },
+    };
+    let mut raw: RawConfig = toml::from_str(src).map_err(|e| {
         let line = e.span().map(|s| index.line_of_offset(s.start));
         ConfigError {
             file: path.to_path_buf(),
@@ -520,6 +627,33 @@ pub fn parse(
             message: e.message().trim().to_string(),
         }
     })?;
+    // The sections the document holds replace the file's; the others stay the file's (a
+    // document without `listeners` leaves every node its own addresses).
+    let mut shadowed = Vec::new();
+    if let (Some(d), Some((_, held))) = (&mut doc_raw, &doc_meta) {
+        let holds = |s: &str| held.iter().any(|h| h == s);
+        let mut take = |name: &'static str, used: bool| {
+            if holds(name) && used {
+                shadowed.push(name);
+            }
+            holds(name)
+        };
+        if take("listeners", !raw.listeners.is_empty()) {
+            raw.listeners = std::mem::take(&mut d.listeners);
+        }
+        if take("routes", !raw.routes.is_empty()) {
+            raw.routes = std::mem::take(&mut d.routes);
+        }
+        if take("pools", !raw.pools.is_empty()) {
+            raw.pools = std::mem::take(&mut d.pools);
+        }
+        if take("tls", src.contains("[tls")) {
+            raw.tls = std::mem::take(&mut d.tls);
+        }
+        if take("limits", src.contains("[limits")) {
+            raw.limits = std::mem::take(&mut d.limits);
+        }
+    }
     let env_err = |var: &str, message: String| ConfigError {
         file: path.to_path_buf(),
         line: None,
@@ -882,6 +1016,7 @@ pub fn parse(
         dns_servers,
         acme,
         entrypoint,
+        shadowed,
     })
 }
 

@@ -773,3 +773,59 @@ fn health_checks_route_limits_and_access_log() {
     assert_eq!(e.line, Some(line_starting(&src, "format")), "{e}");
     assert!(e.message.contains("json"), "{e}");
 }
+
+fn with_doc(doc: &str) -> Result<Config, ConfigError> {
+    let d = ClusterDoc {
+        name: Path::new("routes.toml"),
+        src: doc,
+    };
+    parse_with(Path::new("edge.toml"), GOOD, Some(d), &no_env)
+}
+
+#[test]
+fn a_cluster_document_replaces_the_sections_it_holds_and_no_others() {
+    let doc = "[[routes]]\nhosts = [\"new.example.com\"]\npool = \"web\"\n\n[pools.web]\nendpoints = [\"127.0.0.1:7000\"]\n\n[pools.files]\nendpoints = []\n";
+    let c = with_doc(doc).unwrap();
+    assert_eq!(c.table.routes.len(), 1);
+    assert_eq!(c.table.routes[0].hosts, vec!["new.example.com".to_string()]);
+    assert_eq!(c.table.pools.len(), 2);
+    assert_eq!(c.tls_hosts, vec!["new.example.com".to_string()]);
+    assert_eq!(c.shadowed, vec!["routes", "pools"]);
+    // No `listeners` in the document: each node keeps its own.
+    assert_eq!(c.listeners.len(), 3);
+    assert_eq!(c.admin_addr, "127.0.0.1:9999".parse().unwrap());
+}
+
+#[test]
+fn cluster_document_errors_name_the_document_or_the_file() {
+    // The file's routes refer to a pool the document dropped: the file's line and key.
+    let e = with_doc("[pools.web]\nendpoints = []\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "edge.toml:27: routes[0].pool: pool \"api\" is not defined under [pools]"
+    );
+    // Errors in the document name it, with its own lines.
+    let e = with_doc("\n[[routes]]\nhosts = [\"a.example.com\"]\npool = \"nope\"\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "routes.toml:4: routes[0].pool: pool \"nope\" is not defined under [pools]"
+    );
+    let e = with_doc("[[routes]]\nhosts = \"a\"\n").unwrap_err();
+    assert_eq!(
+        (e.file.as_path(), e.line),
+        (Path::new("routes.toml"), Some(2)),
+        "{e}"
+    );
+    let e = with_doc("[pools.x]\nendpoints = [\n").unwrap_err();
+    assert_eq!(e.file, Path::new("routes.toml"), "{e}");
+    // Node-local sections stay in each node's file.
+    for (section, line) in [("gossip", 3), ("node", 3), ("acme", 3)] {
+        let e = with_doc(&format!("[pools.x]\nendpoints = []\n[{section}]\nx = 1\n")).unwrap_err();
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("[{section}] is node-local")),
+            "{e}"
+        );
+    }
+}

@@ -297,7 +297,7 @@ async fn forwarder(
     (port, target)
 }
 
-async fn wait_a_leader(nodes: &[(String, Node)]) -> String {
+pub async fn wait_a_leader(nodes: &[(String, Node)]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for (id, n) in nodes {

@@ -31,6 +31,7 @@ bootstrap_expect = 3
 
 mod acme;
 mod acme_dns;
+mod cluster_config;
 mod deploy;
 mod dns;
 mod ecs;

@@ -1,0 +1,391 @@
+//! The daemon's side of the cluster-wide configuration ([`crate::cluster_config`]): commit
+//! changes as leader, forward them as a proposal otherwise, apply each new live version (or
+//! refuse it and keep the last good one), and report what runs here.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::{unix_now, Daemon, ReloadOutcome, ResultLabel};
+use crate::cluster_config::{
+    self as cc, Applied, ConfigVersion, Outcome, Proposal, Step, APPLIED_PREFIX, OUTCOME_PREFIX,
+    PROPOSAL_PREFIX, VERSION_PREFIX,
+};
+use crate::config::{self, ClusterDoc};
+use crate::ecs::model::{decode, encode};
+use crate::ecs::Publisher;
+
+/// What this node knows of the cluster configuration besides the state.
+#[derive(Debug, Default)]
+pub(super) struct Local {
+    /// The version running here.
+    pub applied: Option<ConfigVersion>,
+    /// The last live version looked at, applied or refused: (version, hash).
+    pub considered: Option<(u64, String)>,
+    pub rejected: Option<(u64, String)>,
+}
+
+/// Why a change was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The document does not validate on the node asked (HTTP 422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Another change landed since the version this one replaces (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// No acting leader answered (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// No such version in the history (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// The file a node keeps its running cluster version in, for a cold start.
+fn persisted(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster-config.json")
+}
+
+/// The cluster version this node ran before it stopped, if any.
+pub(super) fn load_persisted(data_dir: &Path) -> Option<ConfigVersion> {
+    let text = std::fs::read_to_string(persisted(data_dir)).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(file = %persisted(data_dir).display(), error = %e, "kept cluster configuration unreadable; ignored");
+            None
+        }
+    }
+}
+
+fn persist(data_dir: &Path, v: &ConfigVersion) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join("cluster-config.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v).expect("plain data"))?;
+    std::fs::rename(tmp, persisted(data_dir))
+}
+
+/// How errors name a version's document.
+pub(super) fn doc_name(v: &ConfigVersion) -> PathBuf {
+    PathBuf::from(format!("cluster config v{} ({})", v.version, v.source))
+}
+
+impl Daemon {
+    fn versions(&self) -> Vec<ConfigVersion> {
+        let state = self.cluster_state.lock().expect("state lock");
+        state
+            .leader_entries(VERSION_PREFIX)
+            .filter_map(|(_, b)| decode::<ConfigVersion>(b))
+            .collect()
+    }
+
+    /// The live version in the replicated state.
+    pub fn live_config(&self) -> Option<ConfigVersion> {
+        cc::live(self.versions())
+    }
+
+    /// The versions kept, newest first.
+    pub fn config_history(&self) -> Vec<ConfigVersion> {
+        let mut v = self.versions();
+        v.sort_by_key(|v| std::cmp::Reverse(v.version));
+        v
+    }
+
+    /// Live version, what every node reports running, and the members that have not reported.
+    pub fn config_status_json(&self) -> serde_json::Value {
+        let live = self.live_config();
+        let nodes: std::collections::BTreeMap<String, Applied> = {
+            let state = self.cluster_state.lock().expect("state lock");
+            state
+                .prefix(APPLIED_PREFIX)
+                .filter_map(|(k, b)| {
+                    Some((k[APPLIED_PREFIX.len()..].to_string(), decode::<Applied>(b)?))
+                })
+                .collect()
+        };
+        let mut members: Vec<String> = match self.mesh_status() {
+            Some(m) => std::iter::once(&m.me)
+                .chain(&m.members)
+                .map(|s| s.id.clone())
+                .collect(),
+            None => vec!["local".into()],
+        };
+        members.sort();
+        serde_json::json!({
+            "live": live.map(|v| serde_json::json!({
+                "version": v.version, "hash": v.hash, "source": v.source,
+                "node": v.node, "author": v.author, "at": v.at,
+            })),
+            "nodes": nodes,
+            "members": members,
+        })
+    }
+
+    /// Validates `doc` with this node's file, as `edgemesh check-config` would: the hash of
+    /// the document, or the error naming `name`, the line and the key.
+    pub async fn check_config(&self, name: &str, doc: &str) -> Result<String, String> {
+        if doc.len() > cc::MAX_DOC_BYTES {
+            return Err(format!(
+                "{name}: {} bytes; a cluster configuration holds at most {} bytes",
+                doc.len(),
+                cc::MAX_DOC_BYTES
+            ));
+        }
+        let path = self.current.lock().await.0.file.clone();
+        let d = ClusterDoc {
+            name: Path::new(name),
+            src: doc,
+        };
+        config::load_with(&path, Some(d), &super::env)
+            .map(|_| cc::sha256_hex(doc))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Publishes a new version: validated here, then committed by the acting leader (this
+    /// node, or the leader through a proposal in the state). Returns the version committed.
+    pub async fn change_config(&self, mut p: Proposal) -> Result<u64, ChangeError> {
+        self.check_config(&p.source, &p.doc)
+            .await
+            .map_err(ChangeError::Invalid)?;
+        let me = crate::entrypoint::EntrypointHost::node_id(self);
+        p.node = me.clone();
+        p.id = fastrand::u64(1..);
+        if self.acting() {
+            return self.commit(&p).map_err(|e| match e {
+                CommitError::Conflict(c) => ChangeError::Conflict(c),
+                CommitError::Write(w) => ChangeError::Unavailable(w),
+            });
+        }
+        let id = p.id;
+        self.write_own(&format!("{PROPOSAL_PREFIX}{me}"), encode(&p));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let key = format!("{OUTCOME_PREFIX}{me}");
+        loop {
+            let outcome = self.get(&key).and_then(|b| decode::<Outcome>(&b));
+            if let Some(o) = outcome.filter(|o| o.id == id) {
+                return o.result.map_err(ChangeError::Conflict);
+            }
+            if Instant::now() >= deadline {
+                return Err(ChangeError::Unavailable(
+                    "no acting leader committed the change within 10 s (is there a majority? `meshctl leader`); nothing was changed"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Publishes the document of a kept version again, as a new version.
+    pub async fn rollback_config(
+        &self,
+        to: u64,
+        author: String,
+        replaces: Option<u64>,
+    ) -> Result<u64, ChangeError> {
+        let old = self
+            .config_history()
+            .into_iter()
+            .find(|v| v.version == to)
+            .ok_or_else(|| {
+                ChangeError::NotFound(format!(
+                    "version {to} is not kept (the last {} are; `meshctl config history`)",
+                    cc::KEEP
+                ))
+            })?;
+        self.change_config(Proposal {
+            id: 0,
+            doc: old.doc,
+            source: format!("rollback to v{to}"),
+            node: String::new(),
+            author,
+            replaces,
+        })
+        .await
+    }
+
+    /// As the acting leader: the next version, written with the expired ones removed.
+    fn commit(&self, p: &Proposal) -> Result<u64, CommitError> {
+        let versions = self.versions();
+        let live = cc::live(versions.iter().cloned());
+        let v = cc::commit(live.as_ref(), p, unix_now())
+            .map_err(|c| CommitError::Conflict(c.to_string()))?;
+        self.publish(&v.key(), encode(&v))
+            .map_err(CommitError::Write)?;
+        info!(version = v.version, source = %v.source, author = %v.author, via = %v.node, hash = %&v.hash[..12], "cluster configuration committed");
+        for old in cc::expired(versions.iter().map(|v| v.version), v.version) {
+            let _ = self.delete(&cc::version_key(old));
+        }
+        Ok(v.version)
+    }
+
+    fn write_own(&self, key: &str, value: Vec<u8>) {
+        match self.mesh.lock().expect("mesh lock").as_ref() {
+            Some(m) => m.publish_own(key, value),
+            None => {
+                self.cluster_state
+                    .lock()
+                    .expect("state lock")
+                    .set(key, value, crate::unix_ms());
+            }
+        }
+    }
+
+    fn report_applied(&self, local: &Local) {
+        let me = crate::entrypoint::EntrypointHost::node_id(self);
+        let report = Applied {
+            version: local.applied.as_ref().map(|v| v.version),
+            hash: local.applied.as_ref().map(|v| v.hash.clone()),
+            rejected: local.rejected.clone(),
+            at: unix_now(),
+        };
+        self.write_own(&format!("{APPLIED_PREFIX}{me}"), encode(&report));
+    }
+
+    /// Every projection tick: as leader, answer proposals (and re-share the version this node
+    /// runs after a whole-cluster restart); on every node, apply a new live version.
+    pub(super) async fn follow_cluster_config(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let changes = self.cluster_state.lock().expect("state lock").changes();
+        // Nothing moved: nothing to do, unless leading (a new leader answers what is pending).
+        if self.cluster_seen.swap(changes, Relaxed) == changes && !self.acting() {
+            return;
+        }
+        if self.acting() {
+            self.answer_proposals();
+        }
+        let live = self.live_config();
+        let applied_here = self.cluster.lock().expect("cluster lock").applied.clone();
+        if let (None, Some(mine), true) = (&live, &applied_here, self.acting()) {
+            // A restarted cluster: the state is empty, this node kept what it ran.
+            if self.publish(&mine.key(), encode(mine)).is_ok() {
+                info!(
+                    version = mine.version,
+                    "cluster configuration from this node's disk shared again"
+                );
+            }
+            return;
+        }
+        let step = {
+            let local = self.cluster.lock().expect("cluster lock");
+            cc::next_step(
+                live.as_ref().map(|v| (v.version, v.hash.as_str())),
+                local.considered.as_ref().map(|(v, h)| (*v, h.as_str())),
+            )
+        };
+        if let (Step::Apply(_), Some(v)) = (step, live) {
+            self.apply_cluster(v).await;
+        }
+    }
+
+    fn answer_proposals(&self) {
+        let proposals: Vec<(String, Proposal)> = {
+            let state = self.cluster_state.lock().expect("state lock");
+            state
+                .prefix(PROPOSAL_PREFIX)
+                .filter_map(|(k, b)| {
+                    Some((
+                        k[PROPOSAL_PREFIX.len()..].to_string(),
+                        decode::<Proposal>(b)?,
+                    ))
+                })
+                .collect()
+        };
+        for (node, p) in proposals {
+            let key = format!("{OUTCOME_PREFIX}{node}");
+            if self
+                .get(&key)
+                .and_then(|b| decode::<Outcome>(&b))
+                .is_some_and(|o| o.id == p.id)
+            {
+                continue;
+            }
+            let result = match self.commit(&p) {
+                Ok(v) => Ok(v),
+                Err(CommitError::Conflict(c)) => Err(c),
+                // Not leading any more: the next leader answers.
+                Err(CommitError::Write(_)) => return,
+            };
+            let _ = self.publish(&key, encode(&Outcome { id: p.id, result }));
+        }
+    }
+
+    /// Validates and applies `v` here; a refusal keeps the running configuration.
+    async fn apply_cluster(&self, v: ConfigVersion) {
+        let mut current = self.current.lock().await;
+        let path = current.0.file.clone();
+        let name = doc_name(&v);
+        let doc = ClusterDoc {
+            name: &name,
+            src: &v.doc,
+        };
+        let result = self.apply(&current.0, &path, Some(doc)).await;
+        let trigger = format!("cluster config v{}", v.version);
+        let mut local = self.cluster.lock().expect("cluster lock");
+        local.considered = Some((v.version, v.hash.clone()));
+        match result {
+            Ok(config) => {
+                info!(
+                    version = v.version,
+                    hash = %&v.hash[..12],
+                    shadowed = ?config.shadowed,
+                    "cluster configuration applied"
+                );
+                if let Err(e) = persist(&config.data_dir, &v) {
+                    warn!(error = %e, "cannot keep the cluster configuration on disk; a restart starts from the node's file until the mesh answers");
+                }
+                current.0 = config;
+                local.applied = Some(v);
+                local.rejected = None;
+                self.config_applied(&trigger, None);
+            }
+            Err(e) => {
+                error!(version = v.version, error = %e, "cluster configuration refused here; the previous one keeps serving");
+                local.rejected = Some((v.version, e.clone()));
+                self.config_applied(&trigger, Some(e));
+            }
+        }
+        self.report_applied(&local);
+    }
+
+    /// Counts and records a configuration change (or its refusal) for `/status`.
+    pub(super) fn config_applied(&self, trigger: &str, error: Option<String>) {
+        let outcome = ReloadOutcome {
+            ok: error.is_none(),
+            at: unix_now(),
+            trigger: trigger.into(),
+            error,
+        };
+        let result = if outcome.ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+        let mut st = self.state.lock().expect("state lock");
+        if outcome.ok {
+            st.generation += 1;
+            st.loaded_at = outcome.at;
+        }
+        st.last_reload = Some(outcome);
+    }
+
+    /// After a reload of the node's file: a refused version is tried again (the file may now
+    /// have what it lacked), and the report is refreshed.
+    pub(super) fn retry_refused(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut local = self.cluster.lock().expect("cluster lock");
+        if local.rejected.is_some() {
+            local.considered = None;
+            self.cluster_seen.store(u64::MAX, Relaxed);
+        }
+    }
+
+    /// The start-up report, once the mesh runs.
+    pub(super) fn report_start(&self) {
+        let local = self.cluster.lock().expect("cluster lock");
+        self.report_applied(&local);
+    }
+}
+
+enum CommitError {
+    Conflict(String),
+    Write(String),
+}
