@@ -245,6 +245,17 @@ pub async fn issue<S: ChallengeStore, D: DnsSolver>(
     }
 }
 
+/// After a transient failure of attempt `attempt`, waits and says whether to try again
+/// (up to [`ATTEMPTS`] in all).
+async fn again(e: &AcmeError, attempt: &mut u32) -> bool {
+    if !e.transient || *attempt >= ATTEMPTS {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(200 * u64::from(*attempt))).await;
+    *attempt += 1;
+    true
+}
+
 /// A failed finalize request. Only a rejected nonce proves the CA did not act on it; after
 /// any other failure it may have issued, so the caller must not place a new order (that
 /// would issue twice) but resume the recorded one.
@@ -269,10 +280,8 @@ async fn certificate(
             Ok(chain) => return Ok(chain),
             Err(e) => {
                 let mut e = err("certificate")(e);
-                if e.transient && attempt < ATTEMPTS {
+                if again(&e, &mut attempt).await {
                     tracing::warn!(attempt, error = %e, "fetching the certificate failed; asking again");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                    attempt += 1;
                     continue;
                 }
                 e.transient = false;
@@ -420,11 +429,9 @@ pub async fn resume(
             Ok(o) => break o,
             Err(e) => {
                 let e = err("resume order")(e);
-                if !e.transient || attempt == ATTEMPTS {
+                if !again(&e, &mut attempt).await {
                     return Err(e);
                 }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                attempt += 1;
             }
         }
     };

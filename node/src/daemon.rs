@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Advertise, ClusterDoc, Config, ConfigError, GossipConfig, PublicIp};
+use crate::config::{self, Advertise, Config, ConfigError, GossipConfig, PublicIp};
 use crate::projection;
 use edgemesh_gossip::membership::{MembershipConfig, NodeIdentity};
 use edgemesh_gossip::ClusterState;
@@ -298,12 +298,7 @@ impl Daemon {
         // The cluster version this node ran last: serve its routes at once, as before.
         let mut cluster = cluster::Local::default();
         if let Some(v) = cluster::load_persisted(&config.data_dir) {
-            let name = cluster::doc_name(&v);
-            let doc = ClusterDoc {
-                name: &name,
-                src: &v.doc,
-            };
-            match config::load_with(path, Some(doc), &env) {
+            match cluster::load_version(path, Some(&v)) {
                 Ok(c) => {
                     info!(
                         version = v.version,
@@ -497,12 +492,7 @@ impl Daemon {
         let hash = file_hash(&path).unwrap_or(0);
         // The routing sections stay those of the cluster version running here, if any.
         let running = self.cluster.lock().expect("cluster lock").applied.clone();
-        let name = running.as_ref().map(cluster::doc_name);
-        let doc = running
-            .as_ref()
-            .zip(name.as_deref())
-            .map(|(v, name)| ClusterDoc { name, src: &v.doc });
-        let result = self.apply(&current.0, &path, doc).await;
+        let result = self.apply(&current.0, running.as_ref()).await;
         let out = match result {
             Ok(config) => {
                 info!(file = %path.display(), trigger, "configuration reloaded");
@@ -526,13 +516,13 @@ impl Daemon {
         out
     }
 
+    /// Loads the node's file (with `cluster`'s routing sections, if any) and applies it.
     async fn apply(
         &self,
         old: &Config,
-        path: &Path,
-        doc: Option<ClusterDoc<'_>>,
+        cluster: Option<&crate::cluster_config::ConfigVersion>,
     ) -> Result<Config, String> {
-        let new = config::load_with(path, doc, &env).map_err(|e| e.to_string())?;
+        let new = cluster::load_version(&old.file, cluster).map_err(|e| e.to_string())?;
         for (what, changed) in [
             ("node.admin_addr", new.admin_addr != old.admin_addr),
             ("node.data_dir", new.data_dir != old.data_dir),
@@ -717,18 +707,11 @@ impl Daemon {
             .iter()
             .map(|(h, r)| (h.clone(), r.not_after))
             .collect();
-        let value = crate::ecs::model::encode(&held);
-        match self.mesh.lock().expect("mesh lock").as_ref() {
-            Some(m) => m.publish_own(&format!("{}{}", crate::acme::HELD_PREFIX, m.id()), value),
-            None => {
-                let now = crate::unix_ms();
-                let key = format!("{}local", crate::acme::HELD_PREFIX);
-                self.cluster_state
-                    .lock()
-                    .expect("state lock")
-                    .set(&key, value, now);
-            }
-        }
+        let me = crate::entrypoint::EntrypointHost::node_id(self);
+        self.write_own(
+            &format!("{}{me}", crate::acme::HELD_PREFIX),
+            crate::ecs::model::encode(&held),
+        );
     }
 
     async fn project_pools(&self) {

@@ -524,6 +524,27 @@ pub fn load_with(
     }
 }
 
+/// An error at `key` of the file indexed by `index`.
+fn at(file: &Path, index: &KeyIndex, key: &str, message: String) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        line: index.line_of(key),
+        key: Some(key.to_string()),
+        message,
+    }
+}
+
+/// A TOML syntax or type error, at its line and the key there.
+fn located(file: &Path, index: &KeyIndex, e: toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| index.line_of_offset(s.start));
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        key: line.and_then(|l| index.key_at_line(l)).map(str::to_string),
+        message: e.message().trim().to_string(),
+    }
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
@@ -537,31 +558,24 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// of the first key that does not belong. Returns the sections it holds too.
 fn cluster_doc(doc: ClusterDoc) -> Result<(RawClusterDoc, KeyIndex, Vec<String>), ConfigError> {
     let index = KeyIndex::new(doc.src);
-    let located = |e: toml::de::Error| {
-        let line = e.span().map(|s| index.line_of_offset(s.start));
-        ConfigError {
-            file: doc.name.to_path_buf(),
-            line,
-            key: line.and_then(|l| index.key_at_line(l)).map(str::to_string),
-            message: e.message().trim().to_string(),
-        }
-    };
-    let table: toml::Table = toml::from_str(doc.src).map_err(located)?;
+    let loc = |e| located(doc.name, &index, e);
+    let table: toml::Table = toml::from_str(doc.src).map_err(loc)?;
     if let Some(k) = table
         .keys()
         .find(|k| !CLUSTER_SECTIONS.contains(&k.as_str()))
     {
-        return Err(ConfigError {
-            file: doc.name.to_path_buf(),
-            line: index.line_of(k),
-            key: Some(k.clone()),
-            message: format!(
+        return Err(at(
+            doc.name,
+            &index,
+            k,
+            format!(
                 "[{k}] is node-local and stays in each node's file; a cluster configuration holds {}",
                 CLUSTER_SECTIONS.join(", ")
             ),
-        });
+        ));
     }
-    let raw = toml::from_str(doc.src).map_err(located)?;
+    // Parsed again from the text, not from `table`, so type errors keep their line.
+    let raw = toml::from_str(doc.src).map_err(loc)?;
     Ok((raw, index, table.keys().cloned().collect()))
 }
 
@@ -598,60 +612,40 @@ pub fn parse_with(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let index = KeyIndex::new(src);
-    let (mut doc_raw, doc_meta) = match doc.map(cluster_doc).transpose()? {
+    let (doc_raw, doc_meta) = match doc.map(cluster_doc).transpose()? {
         Some((raw, index, held)) => (Some(raw), Some((index, held))),
         None => (None, None),
     };
     let err = |key: &str, message: String| match (&doc_meta, doc) {
         (Some((doc_index, held)), Some(d)) if held.iter().any(|h| h == section(key)) => {
-            ConfigError {
-                file: d.name.to_path_buf(),
-                line: doc_index.line_of(key),
-                key: Some(key.to_string()),
-                message,
-            }
+            at(d.name, doc_index, key, message)
         }
-        _ => ConfigError {
-            file: path.to_path_buf(),
-            line: index.line_of(key),
-            key: Some(key.to_string()),
-            message,
-        },
+        _ => at(path, &index, key, message),
     };
-    let mut raw: RawConfig = toml::from_str(src).map_err(|e| {
-        let line = e.span().map(|s| index.line_of_offset(s.start));
-        ConfigError {
-            file: path.to_path_buf(),
-            line,
-            key: line.and_then(|l| index.key_at_line(l)).map(str::to_string),
-            message: e.message().trim().to_string(),
-        }
-    })?;
+    let mut raw: RawConfig = toml::from_str(src).map_err(|e| located(path, &index, e))?;
     // The sections the document holds replace the file's; the others stay the file's (a
     // document without `listeners` leaves every node its own addresses).
     let mut shadowed = Vec::new();
-    if let (Some(d), Some((_, held))) = (&mut doc_raw, &doc_meta) {
+    if let (Some(d), Some((_, held))) = (doc_raw, &doc_meta) {
         let holds = |s: &str| held.iter().any(|h| h == s);
-        let mut take = |name: &'static str, used: bool| {
-            if holds(name) && used {
-                shadowed.push(name);
-            }
-            holds(name)
-        };
-        if take("listeners", !raw.listeners.is_empty()) {
-            raw.listeners = std::mem::take(&mut d.listeners);
+        shadowed = CLUSTER_SECTIONS
+            .into_iter()
+            .filter(|s| holds(s) && index.has_section(s))
+            .collect();
+        if holds("listeners") {
+            raw.listeners = d.listeners;
         }
-        if take("routes", !raw.routes.is_empty()) {
-            raw.routes = std::mem::take(&mut d.routes);
+        if holds("routes") {
+            raw.routes = d.routes;
         }
-        if take("pools", !raw.pools.is_empty()) {
-            raw.pools = std::mem::take(&mut d.pools);
+        if holds("pools") {
+            raw.pools = d.pools;
         }
-        if take("tls", src.contains("[tls")) {
-            raw.tls = std::mem::take(&mut d.tls);
+        if holds("tls") {
+            raw.tls = d.tls;
         }
-        if take("limits", src.contains("[limits")) {
-            raw.limits = std::mem::take(&mut d.limits);
+        if holds("limits") {
+            raw.limits = d.limits;
         }
     }
     let env_err = |var: &str, message: String| ConfigError {

@@ -72,6 +72,15 @@ impl KeyIndex {
         (i > 0).then(|| self.keys[i - 1].1.as_str())
     }
 
+    /// Whether the file has anything under the top-level section `name` (`[tls]`,
+    /// `[[tls.certificates]]`, `routes = []`).
+    pub fn has_section(&self, name: &str) -> bool {
+        self.keys.iter().any(|(_, k)| {
+            k.strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
     /// The line of `path`, or of its closest listed ancestor (`routes[1].hosts[0]` falls back
     /// to `routes[1].hosts`, then `routes[1]`).
     pub fn line_of(&self, path: &str) -> Option<usize> {
@@ -123,6 +132,8 @@ endpoints = ["127.0.0.1:1"]
         assert_eq!(idx.line_of("routes[1].hosts[0]"), Some(10));
         assert_eq!(idx.line_of("pools.api.endpoints[3]"), Some(16));
         assert_eq!(idx.line_of("nothing.here"), None);
+        assert!(idx.has_section("routes") && idx.has_section("pools") && idx.has_section("node"));
+        assert!(!idx.has_section("pool") && !idx.has_section("tls"));
         assert_eq!(idx.key_at_line(11), Some("routes[1].hosts"));
         assert_eq!(idx.key_at_line(16), Some("pools.api.endpoints"));
         let off = SRC.find("\"b\"").unwrap();

@@ -67,9 +67,17 @@ fn persist(data_dir: &Path, v: &ConfigVersion) -> std::io::Result<()> {
     std::fs::rename(tmp, persisted(data_dir))
 }
 
-/// How errors name a version's document.
-pub(super) fn doc_name(v: &ConfigVersion) -> PathBuf {
-    PathBuf::from(format!("cluster config v{} ({})", v.version, v.source))
+/// The node's configuration, with `v`'s routing sections when given; errors in those name
+/// the version (`cluster config v4 (routes.toml):3: routes[0].pool: ...`).
+pub(super) fn load_version(
+    path: &Path,
+    v: Option<&ConfigVersion>,
+) -> Result<config::Config, config::ConfigError> {
+    let name = v.map(|v| PathBuf::from(format!("cluster config v{} ({})", v.version, v.source)));
+    let doc = v
+        .zip(name.as_deref())
+        .map(|(v, name)| ClusterDoc { name, src: &v.doc });
+    config::load_with(path, doc, &super::env)
 }
 
 impl Daemon {
@@ -81,9 +89,12 @@ impl Daemon {
             .collect()
     }
 
-    /// The live version in the replicated state.
+    /// The live version in the replicated state: the last key (keys sort by version), so
+    /// only its document is decoded.
     pub fn live_config(&self) -> Option<ConfigVersion> {
-        cc::live(self.versions())
+        let state = self.cluster_state.lock().expect("state lock");
+        let (_, bytes) = state.leader_entries(VERSION_PREFIX).last()?;
+        decode(bytes)
     }
 
     /// The versions kept, newest first.
@@ -220,7 +231,8 @@ impl Daemon {
         Ok(v.version)
     }
 
-    fn write_own(&self, key: &str, value: Vec<u8>) {
+    /// Writes one of this node's own entries (`<prefix><node id>` by convention).
+    pub(super) fn write_own(&self, key: &str, value: Vec<u8>) {
         match self.mesh.lock().expect("mesh lock").as_ref() {
             Some(m) => m.publish_own(key, value),
             None => {
@@ -247,17 +259,20 @@ impl Daemon {
     /// runs after a whole-cluster restart); on every node, apply a new live version.
     pub(super) async fn follow_cluster_config(&self) {
         use std::sync::atomic::Ordering::Relaxed;
+        let acting = self.acting();
+        // Nothing to do while neither the state nor this node's leadership moved (a new
+        // leader answers what is pending).
         let changes = self.cluster_state.lock().expect("state lock").changes();
-        // Nothing moved: nothing to do, unless leading (a new leader answers what is pending).
-        if self.cluster_seen.swap(changes, Relaxed) == changes && !self.acting() {
+        let seen = (changes << 1) | u64::from(acting);
+        if self.cluster_seen.swap(seen, Relaxed) == seen {
             return;
         }
-        if self.acting() {
+        if acting {
             self.answer_proposals();
         }
         let live = self.live_config();
         let applied_here = self.cluster.lock().expect("cluster lock").applied.clone();
-        if let (None, Some(mine), true) = (&live, &applied_here, self.acting()) {
+        if let (None, Some(mine), true) = (&live, &applied_here, acting) {
             // A restarted cluster: the state is empty, this node kept what it ran.
             if self.publish(&mine.key(), encode(mine)).is_ok() {
                 info!(
@@ -314,13 +329,7 @@ impl Daemon {
     /// Validates and applies `v` here; a refusal keeps the running configuration.
     async fn apply_cluster(&self, v: ConfigVersion) {
         let mut current = self.current.lock().await;
-        let path = current.0.file.clone();
-        let name = doc_name(&v);
-        let doc = ClusterDoc {
-            name: &name,
-            src: &v.doc,
-        };
-        let result = self.apply(&current.0, &path, Some(doc)).await;
+        let result = self.apply(&current.0, Some(&v)).await;
         let trigger = format!("cluster config v{}", v.version);
         let mut local = self.cluster.lock().expect("cluster lock");
         local.considered = Some((v.version, v.hash.clone()));
