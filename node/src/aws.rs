@@ -1,4 +1,4 @@
-//! The AWS SDK set-up every client of the node shares (ECS, EC2, Route53): credentials from
+//! The AWS SDK set-up every client of the node shares (ECS, EC2, Route53, S3): credentials from
 //! the standard chain (`AWS_ENDPOINT_URL` honoured), TLS by rustls with ring, timeouts per
 //! attempt and per operation, and one way to describe an SDK error.
 
@@ -8,7 +8,8 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_smithy_http_client::tls;
 
 /// Every AWS API call the node makes, as IAM actions: the ECS poller and seed finder (ECS,
-/// EC2) and the Route53 DNS-01 solver and entrypoint records. The deployment's task role
+/// EC2), the Route53 DNS-01 solver and entrypoint records, and the cluster configuration
+/// object (S3). The deployment's task role
 /// grants exactly these: a test compares this list with `deploy/edgemesh.yaml` and with the
 /// SDK operations the source calls, so none of the three can drift.
 pub const CALLS: &[&str] = &[
@@ -20,6 +21,7 @@ pub const CALLS: &[&str] = &[
     "route53:ChangeResourceRecordSets",
     "route53:GetChange",
     "route53:ListResourceRecordSets",
+    "s3:GetObject",
 ];
 
 pub type SdkError<E> = aws_smithy_runtime_api::client::result::SdkError<

@@ -7,6 +7,9 @@
 //! - `config/proposal/<node>`: a change asked for through a node that does not lead (its own
 //!   entry); the leader commits or refuses it and answers in `config/outcome/<node>`.
 //! - `config/applied/<node>`: what each node runs, or why it refused the live version.
+//! - `config/source`: with an object source (`[cluster_config] s3`), what became of the
+//!   object the acting leader read last (published, already live, refused), so a leader that
+//!   takes over neither reads nor publishes an object again.
 //!
 //! A change names the version it replaces (compare-and-set): when another change landed in
 //! between, it is refused with a conflict instead of silently undoing that one.
@@ -17,6 +20,7 @@ pub const VERSION_PREFIX: &str = "config/v/";
 pub const PROPOSAL_PREFIX: &str = "config/proposal/";
 pub const OUTCOME_PREFIX: &str = "config/outcome/";
 pub const APPLIED_PREFIX: &str = "config/applied/";
+pub const SOURCE_KEY: &str = "config/source";
 
 /// Versions kept for `meshctl config history` and rollback.
 pub const KEEP: u64 = 20;
@@ -170,9 +174,172 @@ pub fn next_step(live: Option<(u64, &str)>, considered: Option<(u64, &str)>) -> 
     }
 }
 
+/// An S3 object the acting leader polls for the document (`[cluster_config] s3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSource {
+    pub bucket: String,
+    pub key: String,
+    pub poll: std::time::Duration,
+    /// The bucket's region; else the SDK's chain (`AWS_REGION`, instance metadata).
+    pub region: Option<String>,
+}
+
+impl ObjectSource {
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// `s3://bucket/key` (or `bucket/key`) -> (bucket, key), with S3's bucket name rules.
+pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
+    let rest = s.trim().strip_prefix("s3://").unwrap_or(s.trim());
+    let Some((bucket, key)) = rest.split_once('/').filter(|(_, k)| !k.is_empty()) else {
+        return Err(format!("{s:?} is not s3://bucket/key"));
+    };
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && edge(bucket.chars().next())
+        && edge(bucket.chars().last());
+    if !valid {
+        return Err(format!(
+            "{bucket:?} in {s:?} is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"
+        ));
+    }
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+/// What became of the object source's last object (`config/source`, the leader's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSeen {
+    pub url: String,
+    /// The last object handled, by its ETag.
+    pub etag: Option<String>,
+    pub outcome: Option<SourceOutcome>,
+    /// The last read failed (AWS error, too large); cleared by the next good read.
+    pub read_error: Option<String>,
+    /// Unix seconds of the last change of this record.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceOutcome {
+    /// Committed as this version.
+    Published(u64),
+    /// The live version already holds this document.
+    AlreadyLive,
+    /// Did not validate; the live version stays.
+    Refused(String),
+}
+
+/// The ETag to read the object past (`If-None-Match`): the last one handled at `url`, so an
+/// object is read, validated and published once, and a refused one is not read again until
+/// it changes.
+pub fn known_etag<'a>(seen: Option<&'a SourceSeen>, url: &str) -> Option<&'a str> {
+    seen.filter(|s| s.url == url)
+        .and_then(|s| s.etag.as_deref())
+}
+
+/// What the leader does with an object read at `url` with `etag`, once validated (`Ok(hash)`
+/// or the error); `live_hash` is the live version's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectStep {
+    /// Handled before (a store that ignores `If-None-Match`).
+    Unchanged,
+    Record(SourceOutcome),
+    /// Commit it over the live version, then record [`SourceOutcome::Published`].
+    Publish,
+}
+
+pub fn on_object(
+    seen: Option<&SourceSeen>,
+    url: &str,
+    etag: &str,
+    validated: Result<&str, &str>,
+    live_hash: Option<&str>,
+) -> ObjectStep {
+    if known_etag(seen, url) == Some(etag) {
+        return ObjectStep::Unchanged;
+    }
+    match validated {
+        Err(e) => ObjectStep::Record(SourceOutcome::Refused(e.to_string())),
+        Ok(h) if live_hash == Some(h) => ObjectStep::Record(SourceOutcome::AlreadyLive),
+        Ok(_) => ObjectStep::Publish,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_urls_and_object_decisions() {
+        assert_eq!(
+            parse_s3_url("s3://edge-config/prod/routes.toml"),
+            Ok(("edge-config".into(), "prod/routes.toml".into()))
+        );
+        assert_eq!(
+            parse_s3_url("edge-config/routes.toml"),
+            Ok(("edge-config".into(), "routes.toml".into()))
+        );
+        for bad in [
+            "s3://bucket",
+            "s3://bucket/",
+            "s3://Bucket/k",
+            "s3://-b-/k",
+            "s3://ab/k",
+        ] {
+            let e = parse_s3_url(bad).unwrap_err();
+            assert!(
+                e.contains(bad.trim_start_matches("s3://").split('/').next().unwrap()),
+                "{e}"
+            );
+        }
+
+        let url = "s3://b/k";
+        // First read: publish a valid object, record a refused or an already-live one.
+        assert_eq!(
+            on_object(None, url, "\"e1\"", Ok("h1"), Some("h0")),
+            ObjectStep::Publish
+        );
+        assert_eq!(
+            on_object(None, url, "\"e1\"", Ok("h1"), None),
+            ObjectStep::Publish
+        );
+        assert_eq!(
+            on_object(None, url, "\"e1\"", Ok("h0"), Some("h0")),
+            ObjectStep::Record(SourceOutcome::AlreadyLive)
+        );
+        assert_eq!(
+            on_object(None, url, "\"e1\"", Err("routes.toml:3: bad"), Some("h0")),
+            ObjectStep::Record(SourceOutcome::Refused("routes.toml:3: bad".into()))
+        );
+        // The object handled last is not handled again, whatever became of it; another
+        // object, or the same ETag at another URL, is.
+        let seen = SourceSeen {
+            url: url.into(),
+            etag: Some("\"e1\"".into()),
+            outcome: Some(SourceOutcome::Refused("bad".into())),
+            read_error: None,
+            at: 0,
+        };
+        assert_eq!(known_etag(Some(&seen), url), Some("\"e1\""));
+        assert_eq!(known_etag(Some(&seen), "s3://b/other"), None);
+        assert_eq!(
+            on_object(Some(&seen), url, "\"e1\"", Ok("h1"), Some("h0")),
+            ObjectStep::Unchanged
+        );
+        assert_eq!(
+            on_object(Some(&seen), url, "\"e2\"", Ok("h1"), Some("h0")),
+            ObjectStep::Publish
+        );
+        assert_eq!(
+            on_object(Some(&seen), "s3://b/other", "\"e1\"", Ok("h1"), Some("h0")),
+            ObjectStep::Publish
+        );
+    }
 
     fn proposal(replaces: Option<u64>, doc: &str) -> Proposal {
         Proposal {

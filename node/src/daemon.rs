@@ -119,6 +119,8 @@ pub struct Daemon {
     cluster_seen: std::sync::atomic::AtomicU64,
     state: Mutex<ConfigState>,
     reloads: Family<ResultLabel, Counter>,
+    /// Reads of the cluster configuration object, by result.
+    config_source_reads: Family<ResultLabel, Counter>,
     registry: Registry,
     pub admin_addr: SocketAddr,
 }
@@ -321,6 +323,12 @@ impl Daemon {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let config_source_reads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "edgemesh_config_source_reads",
+            "Reads of the cluster configuration's S3 object by the acting leader, by result (unchanged, published, live, refused, error)",
+            config_source_reads.clone(),
+        );
         // The admin socket is exclusive, so binding it first stops a second daemon before its
         // listeners join the first one's ports (they use SO_REUSEPORT).
         let admin = TcpListener::bind(config.admin_addr)
@@ -475,6 +483,7 @@ impl Daemon {
             cluster: Mutex::new(cluster),
             cluster_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
             reloads,
+            config_source_reads,
             registry,
             admin_addr,
         });
@@ -1060,6 +1069,7 @@ impl Daemon {
         let dns_task = tokio::spawn(self.clone().run_dns());
         let acme_task = tokio::spawn(crate::acme::run(self.clone()));
         let entrypoint_task = tokio::spawn(crate::entrypoint::run(self.clone()));
+        let source_task = tokio::spawn(self.clone().run_config_source());
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -1140,6 +1150,7 @@ impl Daemon {
         dns_task.abort();
         acme_task.abort();
         entrypoint_task.abort();
+        source_task.abort();
         Ok(())
     }
 }

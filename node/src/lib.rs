@@ -17,6 +17,7 @@ pub mod local_ca;
 pub mod logging;
 pub mod projection;
 pub mod route53;
+pub mod s3;
 
 /// Wall-clock Unix milliseconds (0 before 1970), the unit of the node's replicated
 /// timestamps and status fields.

@@ -68,6 +68,20 @@ struct RawConfig {
     acme: Option<RawAcme>,
     entrypoint: Option<RawEntrypoint>,
     access_log: Option<RawAccessLog>,
+    cluster_config: Option<RawClusterConfig>,
+}
+
+/// Where the cluster-wide configuration may also come from (node-local).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterConfig {
+    /// `s3://bucket/key`, read by the acting leader and published when it changes and
+    /// validates; `EDGEMESH_CONFIG_S3` wins.
+    s3: Option<String>,
+    /// Seconds between reads (default 10).
+    poll_secs: Option<u64>,
+    /// The bucket's region; `AWS_REGION` or the SDK's chain otherwise.
+    region: Option<String>,
 }
 
 /// The sections a cluster-wide document may hold; everything else stays in each node's file.
@@ -431,6 +445,8 @@ pub struct Config {
     pub entrypoint: Option<crate::entrypoint::EntrypointSettings>,
     /// Routing sections of the node's file that a cluster document replaced.
     pub shadowed: Vec<&'static str>,
+    /// An S3 object the acting leader publishes as the cluster configuration.
+    pub config_source: Option<crate::cluster_config::ObjectSource>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1011,7 +1027,44 @@ pub fn parse_with(
         acme,
         entrypoint,
         shadowed,
+        config_source: config_source(raw.cluster_config.as_ref(), &err, &env_err, env)?,
     })
+}
+
+fn config_source(
+    c: Option<&RawClusterConfig>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    env_err: &dyn Fn(&str, String) -> ConfigError,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::cluster_config::ObjectSource>, ConfigError> {
+    let url = match env("EDGEMESH_CONFIG_S3").filter(|v| !v.trim().is_empty()) {
+        Some(v) => Some(
+            crate::cluster_config::parse_s3_url(&v)
+                .map_err(|m| env_err("EDGEMESH_CONFIG_S3", m))?,
+        ),
+        None => match c.and_then(|c| c.s3.as_deref()) {
+            Some(v) => Some(
+                crate::cluster_config::parse_s3_url(v).map_err(|m| err("cluster_config.s3", m))?,
+            ),
+            None => None,
+        },
+    };
+    let Some((bucket, key)) = url else {
+        return Ok(None);
+    };
+    let secs = c.and_then(|c| c.poll_secs).unwrap_or(10);
+    if !(1..=3600).contains(&secs) {
+        return Err(err(
+            "cluster_config.poll_secs",
+            format!("{secs} is outside 1..=3600"),
+        ));
+    }
+    Ok(Some(crate::cluster_config::ObjectSource {
+        bucket,
+        key,
+        poll: Duration::from_secs(secs),
+        region: c.and_then(|c| c.region.clone()),
+    }))
 }
 
 fn ecs_settings(

@@ -829,3 +829,72 @@ fn cluster_document_errors_name_the_document_or_the_file() {
         );
     }
 }
+
+#[test]
+fn cluster_config_object_source_and_its_errors() {
+    let src = format!(
+        "{GOOD}\n[cluster_config]\ns3 = \"s3://edge-config/prod/routes.toml\"\nregion = \"eu-west-1\"\n"
+    );
+    let s = parse_str(&src).unwrap().config_source.unwrap();
+    assert_eq!(
+        (
+            s.bucket.as_str(),
+            s.key.as_str(),
+            s.poll,
+            s.region.as_deref()
+        ),
+        (
+            "edge-config",
+            "prod/routes.toml",
+            Duration::from_secs(10),
+            Some("eu-west-1")
+        )
+    );
+    assert!(parse_str(GOOD).unwrap().config_source.is_none());
+    // The environment wins; an empty value (a stack without an object) leaves the file's.
+    let env = |k: &str| (k == "EDGEMESH_CONFIG_S3").then(|| "other-bucket/routes.toml".to_string());
+    let c = parse(Path::new("edge.toml"), &src, &env).unwrap();
+    assert_eq!(
+        c.config_source.unwrap().url(),
+        "s3://other-bucket/routes.toml"
+    );
+    let empty = |k: &str| (k == "EDGEMESH_CONFIG_S3").then(String::new);
+    assert!(parse(Path::new("edge.toml"), GOOD, &empty)
+        .unwrap()
+        .config_source
+        .is_none());
+
+    // Errors name the key and its line, or the variable.
+    let lines = GOOD.lines().count();
+    let e = error_of(&format!(
+        "{GOOD}\n[cluster_config]\ns3 = \"s3://Edge/routes.toml\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("cluster_config.s3"), "{e}");
+    assert_eq!(e.line, Some(lines + 3), "{e}");
+    assert!(e.to_string().contains("\"Edge\""), "{e}");
+    let e = error_of(&format!(
+        "{GOOD}\n[cluster_config]\ns3 = \"s3://edge/routes.toml\"\npoll_secs = 0\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("cluster_config.poll_secs"), "{e}");
+    let bad_env = |k: &str| (k == "EDGEMESH_CONFIG_S3").then(|| "s3://bucket-only".to_string());
+    let e = parse(Path::new("edge.toml"), GOOD, &bad_env).unwrap_err();
+    assert!(
+        e.to_string().contains("environment EDGEMESH_CONFIG_S3"),
+        "{e}"
+    );
+    // It is node-local: a cluster document holding it is refused.
+    let e = parse_with(
+        Path::new("edge.toml"),
+        GOOD,
+        Some(ClusterDoc {
+            name: Path::new("routes.toml"),
+            src: "[cluster_config]\ns3 = \"s3://edge/routes.toml\"\n",
+        }),
+        &no_env,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with("routes.toml:1: cluster_config"),
+        "{e}"
+    );
+}

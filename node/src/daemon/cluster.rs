@@ -9,8 +9,8 @@ use tracing::{error, info, warn};
 
 use super::{unix_now, Daemon, ReloadOutcome, ResultLabel};
 use crate::cluster_config::{
-    self as cc, Applied, ConfigVersion, Outcome, Proposal, Step, APPLIED_PREFIX, OUTCOME_PREFIX,
-    PROPOSAL_PREFIX, VERSION_PREFIX,
+    self as cc, Applied, ConfigVersion, ObjectSource, ObjectStep, Outcome, Proposal, SourceOutcome,
+    SourceSeen, Step, APPLIED_PREFIX, OUTCOME_PREFIX, PROPOSAL_PREFIX, SOURCE_KEY, VERSION_PREFIX,
 };
 use crate::config::{self, ClusterDoc};
 use crate::ecs::model::{decode, encode};
@@ -124,7 +124,9 @@ impl Daemon {
             None => vec!["local".into()],
         };
         members.sort();
+        let source = self.get(SOURCE_KEY).and_then(|b| decode::<SourceSeen>(&b));
         serde_json::json!({
+            "source": source,
             "live": live.map(|v| serde_json::json!({
                 "version": v.version, "hash": v.hash, "source": v.source,
                 "node": v.node, "author": v.author, "at": v.at,
@@ -391,6 +393,143 @@ impl Daemon {
     pub(super) fn report_start(&self) {
         let local = self.cluster.lock().expect("cluster lock");
         self.report_applied(&local);
+    }
+}
+
+impl Daemon {
+    /// Polls the S3 object of `[cluster_config] s3` while this node is the acting leader,
+    /// and publishes it as a new version when it changed and validates.
+    pub(super) async fn run_config_source(self: std::sync::Arc<Self>) {
+        let mut reader: Option<(Option<String>, crate::s3::S3Reader)> = None;
+        let mut last: Option<(String, Instant)> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(src) = self.current.lock().await.0.config_source.clone() else {
+                continue;
+            };
+            // A node that starts leading reads at once; a new URL is read at once. After a
+            // whole-cluster restart the version kept on disk is shared again first, so that
+            // the object is compared with it.
+            let resharing = self.live_config().is_none()
+                && self.cluster.lock().expect("cluster lock").applied.is_some();
+            if !self.acting() || resharing {
+                last = None;
+                continue;
+            }
+            let url = src.url();
+            if last
+                .as_ref()
+                .is_some_and(|(u, at)| *u == url && at.elapsed() < src.poll)
+            {
+                continue;
+            }
+            last = Some((url, Instant::now()));
+            if reader.as_ref().is_none_or(|(r, _)| *r != src.region) {
+                let r = crate::s3::S3Reader::new(src.region.as_deref()).await;
+                reader = Some((src.region.clone(), r));
+            }
+            let (_, r) = reader.as_ref().expect("set above");
+            let result = self.read_config_source(&src, r).await;
+            self.config_source_reads
+                .get_or_create(&ResultLabel { result })
+                .inc();
+        }
+    }
+
+    /// One read of the object; the result label for the metrics.
+    async fn read_config_source(
+        &self,
+        src: &ObjectSource,
+        reader: &crate::s3::S3Reader,
+    ) -> &'static str {
+        let url = src.url();
+        let seen = self.get(SOURCE_KEY).and_then(|b| decode::<SourceSeen>(&b));
+        let known = cc::known_etag(seen.as_ref(), &url).map(str::to_string);
+        let record = |etag: Option<String>, outcome, read_error| {
+            let now = SourceSeen {
+                url: url.clone(),
+                etag,
+                outcome,
+                read_error,
+                at: unix_now(),
+            };
+            let same = seen.as_ref().is_some_and(|s| {
+                SourceSeen { at: 0, ..s.clone() }
+                    == SourceSeen {
+                        at: 0,
+                        ..now.clone()
+                    }
+            });
+            if !same {
+                let _ = self.publish(SOURCE_KEY, encode(&now));
+            }
+        };
+        let kept = seen.as_ref().filter(|s| s.url == url);
+        let read = reader
+            .read(&src.bucket, &src.key, known.as_deref(), cc::MAX_DOC_BYTES)
+            .await;
+        let (etag, body) = match read {
+            Ok(crate::s3::Read::Unchanged) => return "unchanged",
+            Ok(crate::s3::Read::Object { etag, body }) => (etag, body),
+            Err(e) => {
+                warn!(source = %url, error = %e, "cannot read the cluster configuration object; the live configuration stays");
+                record(
+                    kept.and_then(|s| s.etag.clone()),
+                    kept.and_then(|s| s.outcome.clone()),
+                    Some(e),
+                );
+                return "error";
+            }
+        };
+        let validated = match String::from_utf8(body) {
+            Ok(doc) => self.check_config(&url, &doc).await.map(|h| (h, doc)),
+            Err(_) => Err(format!("{url}: not UTF-8 text")),
+        };
+        let live = self.live_config();
+        let step = cc::on_object(
+            seen.as_ref(),
+            &url,
+            &etag,
+            validated
+                .as_ref()
+                .map(|(h, _)| h.as_str())
+                .map_err(String::as_str),
+            live.as_ref().map(|v| v.hash.as_str()),
+        );
+        let (outcome, label) = match (step, validated) {
+            (ObjectStep::Unchanged, _) => return "unchanged",
+            (ObjectStep::Record(o), _) => {
+                if let SourceOutcome::Refused(e) = &o {
+                    error!(source = %url, etag = %etag, error = %e, "cluster configuration object refused; the live configuration stays");
+                    (o, "refused")
+                } else {
+                    (o, "live")
+                }
+            }
+            (ObjectStep::Publish, Ok((_, doc))) => {
+                let proposal = Proposal {
+                    id: 0,
+                    doc,
+                    source: format!("{url} (ETag {etag})"),
+                    node: String::new(),
+                    author: "s3 source".into(),
+                    replaces: live.map(|v| v.version),
+                };
+                match self.change_config(proposal).await {
+                    Ok(v) => (SourceOutcome::Published(v), "published"),
+                    Err(e) => {
+                        // Lost the lead, or a change landed in between: read again next time.
+                        warn!(source = %url, error = %e, "cluster configuration object not published; trying again at the next read");
+                        return "error";
+                    }
+                }
+            }
+            (ObjectStep::Publish, Err(_)) => unreachable!("only a valid object is published"),
+        };
+        record(Some(etag), Some(outcome), None);
+        label
     }
 }
 

@@ -32,6 +32,7 @@ bootstrap_expect = 3
 mod acme;
 mod acme_dns;
 mod cluster_config;
+mod config_source;
 mod deploy;
 mod dns;
 mod ecs;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use edgemesh_node::cluster_config::{Applied, ConfigVersion};
+use edgemesh_node::cluster_config::{Applied, ConfigVersion, SourceOutcome, SourceSeen};
 use serde::Deserialize;
 
 use super::{request, request_for, table, utc};
@@ -47,6 +47,9 @@ struct Live {
 
 #[derive(Deserialize)]
 struct Status {
+    /// What became of the S3 object, with `[cluster_config] s3`.
+    #[serde(default)]
+    source: Option<SourceSeen>,
     live: Option<LiveSummary>,
     nodes: std::collections::BTreeMap<String, Applied>,
     members: Vec<String>,
@@ -325,6 +328,23 @@ fn print_status(s: &Status) {
             utc(l.at as i64)
         ),
         None => println!("live: none (every node runs its own file's routes)"),
+    }
+    if let Some(src) = &s.source {
+        let what = match &src.outcome {
+            None => "not read yet".to_string(),
+            Some(SourceOutcome::Published(v)) => format!("published as version {v}"),
+            Some(SourceOutcome::AlreadyLive) => "already live".into(),
+            Some(SourceOutcome::Refused(e)) => format!("REFUSED: {e}"),
+        };
+        println!(
+            "source: {} ETag {}: {what} ({})",
+            src.url,
+            src.etag.as_deref().unwrap_or("-"),
+            utc(src.at as i64)
+        );
+        if let Some(e) = &src.read_error {
+            println!("source: LAST READ FAILED: {e}");
+        }
     }
     let mut names: Vec<&String> = s.members.iter().collect();
     for n in s.nodes.keys() {
