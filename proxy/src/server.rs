@@ -502,6 +502,8 @@ async fn accept_loop(
         let spec_kind = spec.kind.clone();
         let accept_pp = spec.accept_proxy_protocol;
         let name = name.clone();
+        // Each kind's connection state is boxed, so a task holds only what its own kind needs
+        // (a plain HTTP connection does not carry space for a TLS handshake or a TCP relay).
         tokio::spawn(async move {
             let _guard = guard;
             let _ = stream.set_nodelay(true);
@@ -513,7 +515,8 @@ async fn accept_loop(
             let mut peer = peer;
             if accept_pp {
                 let t = shared.settings.proxy_protocol_timeout;
-                match tokio::time::timeout(t, proxy_protocol::read_v2(&mut stream)).await {
+                match tokio::time::timeout(t, Box::pin(proxy_protocol::read_v2(&mut stream))).await
+                {
                     Ok(Ok(Some(client))) => peer = client,
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
@@ -527,16 +530,18 @@ async fn accept_loop(
                 }
             }
             match spec_kind {
-                ListenerKind::Http => serve_http(shared, stream, ConnInfo::new(peer, false)).await,
+                ListenerKind::Http => {
+                    Box::pin(serve_http(shared, stream, ConnInfo::new(peer, false))).await
+                }
                 ListenerKind::Https => {
                     let t = shared.settings.tls_handshake_timeout;
-                    match tokio::time::timeout(t, shared.tls.accept(stream)).await {
+                    match tokio::time::timeout(t, Box::pin(shared.tls.accept(stream))).await {
                         Ok(Ok(tls)) => {
                             let mut info = ConnInfo::new(peer, true);
                             let session = tls.get_ref().1;
                             info.tls_version = session.protocol_version().map(tls::version_name);
                             info.sni = session.server_name().map(Arc::from);
-                            serve_http(shared, tls, info).await
+                            Box::pin(serve_http(shared, tls, info)).await
                         }
                         Ok(Err(e)) => {
                             debug!(listener = %name, %peer, error = %e, "TLS handshake failed")
@@ -553,7 +558,7 @@ async fn accept_loop(
                         idle_timeout: idle_timeout_ms.map(Duration::from_millis),
                     };
                     // A drain lets TCP streams run until the deadline; the process exit ends them.
-                    tcp::serve(shared, conn).await
+                    Box::pin(tcp::serve(shared, conn)).await
                 }
             }
         });
@@ -568,9 +573,12 @@ where
     let peer = info.peer;
     // The bytes hyper reads pass a smuggling guard first (see `framing`).
     let (io, verdict) = framing::Scanned::new(io);
+    // hyper keeps space for one service future per connection for the connection's
+    // lifetime; boxed, an idle connection holds a pointer instead of the request path's
+    // whole state (about 4 KiB).
     let svc = service_fn(move |req| {
         let refuse = verdict.next_request();
-        http::handle(svc_shared.clone(), info.clone(), req, refuse)
+        Box::pin(http::handle(svc_shared.clone(), info.clone(), req, refuse))
     });
     let conn = shared
         .http

@@ -190,7 +190,12 @@ async fn s3_object_published_once_when_changed_and_refused_when_invalid() {
 
     // A valid change: published once as version 2.
     let e3 = put(&client, &doc("one", &one, &two)).await;
+    let put_at = Instant::now();
     let s = wait_status(&node, "the change published", |s| s["live"]["version"] == 2).await;
+    eprintln!(
+        "a changed object was live {:?} after PutObject (poll_secs = 1)",
+        put_at.elapsed()
+    );
     assert_eq!(
         s["live"]["source"].as_str().unwrap(),
         format!("{url} (ETag {e3})")
