@@ -526,7 +526,8 @@ impl Daemon {
                     }
                 }
             }
-            (ObjectStep::Publish, Err(_)) => unreachable!("only a valid object is published"),
+            // on_object publishes only a valid object; were it not, it is refused.
+            (ObjectStep::Publish, Err(e)) => (SourceOutcome::Refused(e), "refused"),
         };
         record(Some(etag), Some(outcome), None);
         label
