@@ -2,7 +2,8 @@
 """User-space instructions per proxied HTTP/1.1 keep-alive request, edgemesh against nginx,
 counted by valgrind's callgrind: repeatable whatever else the machine does, unlike timings.
 
-  python3 bench/callgrind.py [REQUESTS]     # default 20000; needs a release build
+  python3 bench/callgrind.py [REQUESTS]                # default 20000; needs a release build
+  python3 bench/callgrind.py [REQUESTS] --access-log   # edgemesh with and without [access_log]
 
 Counts only the load phase (counters zeroed after a warm-up, dumped after exactly REQUESTS
 requests from h2load --h1 over 16 keep-alive connections), then prints each contender's
@@ -16,7 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxies as P  # noqa: E402
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+N = int(ARGS[0]) if ARGS else 20000
+ACCESS_LOG = "--access-log" in sys.argv
 
 
 def load(port, n):
@@ -76,14 +79,16 @@ def main():
     os.sched_setaffinity(0, {int(P.LOAD_CPU)})
     backends = P.start_backends()
     try:
-        conf = os.path.join(P.OUT, "callgrind-edgemesh.toml")
-        P.write(conf, f"""
+        def edgemesh_conf(name, extra=""):
+            conf = os.path.join(P.OUT, f"callgrind-{name}.toml")
+            P.write(conf, f"""
 [node]
-data_dir = "{P.OUT}/cg-data"
+data_dir = "{P.OUT}/cg-data-{name}"
 admin_addr = "127.0.0.1:{P.EDGE_ADMIN}"
 watch_config = false
 [tls]
 local_ca = false
+{extra}
 [[listeners]]
 name = "web"
 addr = "127.0.0.1:{P.PORTS['edgemesh']['http']}"
@@ -95,11 +100,25 @@ tls = false
 [pools.app]
 endpoints = ["127.0.0.1:{P.BACKEND}"]
 """)
+            return conf
+
+        env = {"EDGEMESH_LOG": "warn", "EDGEMESH_WORKERS": "1"}
+        port = P.PORTS["edgemesh"]["http"]
+        conf = edgemesh_conf("edgemesh")
+        if ACCESS_LOG:
+            # Every thread counts, the log writer's too.
+            log = edgemesh_conf("edgemesh_log", f'[access_log]\nformat = "json"\n'
+                                                f'path = "{P.OUT}/cg-access.log"')
+            off, _ = count("edgemesh", [P.EDGE, "--config", conf], port, env)
+            on, on_out = count("edgemesh_log", [P.EDGE, "--config", log], port, env)
+            print(f"user-space instructions per request: edgemesh {off:,.0f}, with the access "
+                  f"log {on:,.0f} (+{on - off:,.0f}, {on / off - 1:+.1%})")
+            print(f"the profile with the log: {on_out}")
+            return
         nginx = P.nginx_conf("cg-nginx", f"""
   server {{ listen 127.0.0.1:{P.PORTS['nginx']['http']}; location / {{ {P.NGINX_PROXY} }} }}""",
                               upstream=P.nginx_upstream(P.BACKEND))
-        e, e_out = count("edgemesh", [P.EDGE, "--config", conf], P.PORTS["edgemesh"]["http"],
-                         {"EDGEMESH_LOG": "warn", "EDGEMESH_WORKERS": "1"})
+        e, e_out = count("edgemesh", [P.EDGE, "--config", conf], port, env)
         n, _ = count("nginx", ["nginx", "-c", nginx, "-g", "daemon off; master_process off;"],
                      P.PORTS["nginx"]["http"])
         print(f"user-space instructions per request: edgemesh {e:,.0f}, nginx {n:,.0f} "
