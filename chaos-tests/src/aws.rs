@@ -140,22 +140,28 @@ pub struct Aws {
     host: String,
 }
 
+/// The SDK configuration of a test's own clients of the emulator at `endpoint` (any
+/// service's client takes it: `aws_sdk_s3::Client::new(&sdk_config(addr).await)`).
+pub async fn sdk_config(endpoint: SocketAddr) -> aws_config::SdkConfig {
+    let creds = aws_sdk_ecs::config::Credentials::new("testing", "testing", None, None, "test");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(format!("http://{endpoint}"))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .load()
+        .await
+}
+
 impl Aws {
     pub async fn new(endpoint: SocketAddr, host: &str) -> Aws {
-        let creds = aws_sdk_ecs::config::Credentials::new("testing", "testing", None, None, "test");
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(format!("http://{endpoint}"))
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .load()
-            .await;
+        let conf = sdk_config(endpoint).await;
         Aws {
             ecs: aws_sdk_ecs::Client::new(&conf),
             ec2: aws_sdk_ec2::Client::new(&conf),

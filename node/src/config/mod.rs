@@ -1031,6 +1031,19 @@ pub fn parse_with(
     })
 }
 
+/// A polling interval in seconds (default 10, 1..=3600) at `key`.
+fn poll_every(
+    secs: Option<u64>,
+    key: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let secs = secs.unwrap_or(10);
+    if !(1..=3600).contains(&secs) {
+        return Err(err(key, format!("{secs} is outside 1..=3600")));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 fn config_source(
     c: Option<&RawClusterConfig>,
     err: &dyn Fn(&str, String) -> ConfigError,
@@ -1052,17 +1065,10 @@ fn config_source(
     let Some((bucket, key)) = url else {
         return Ok(None);
     };
-    let secs = c.and_then(|c| c.poll_secs).unwrap_or(10);
-    if !(1..=3600).contains(&secs) {
-        return Err(err(
-            "cluster_config.poll_secs",
-            format!("{secs} is outside 1..=3600"),
-        ));
-    }
     Ok(Some(crate::cluster_config::ObjectSource {
         bucket,
         key,
-        poll: Duration::from_secs(secs),
+        poll: poll_every(c.and_then(|c| c.poll_secs), "cluster_config.poll_secs", err)?,
         region: c.and_then(|c| c.region.clone()),
     }))
 }
@@ -1097,17 +1103,15 @@ fn ecs_settings(
             "no ECS cluster: set [ecs] cluster or AWS_CLUSTER_NAME".into(),
         ));
     };
-    let secs = e.and_then(|e| e.poll_interval_secs).unwrap_or(10);
-    if !(1..=3600).contains(&secs) {
-        return Err(err(
-            "ecs.poll_interval_secs",
-            format!("{secs} is outside 1..=3600"),
-        ));
-    }
+    let poll_interval = poll_every(
+        e.and_then(|e| e.poll_interval_secs),
+        "ecs.poll_interval_secs",
+        err,
+    )?;
     Ok(Some(crate::ecs::EcsSettings {
         cluster,
         region: env("AWS_REGION").or_else(|| e.and_then(|e| e.region.clone())),
-        poll_interval: Duration::from_secs(secs),
+        poll_interval,
         labels: e.is_some_and(|e| e.labels),
         label_tcp_ip: match e.and_then(|e| e.label_tcp_ip.as_ref()) {
             None => std::net::Ipv4Addr::UNSPECIFIED.into(),

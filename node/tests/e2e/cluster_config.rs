@@ -42,7 +42,7 @@ fn doc(pool: &str, one: SocketAddr, two: SocketAddr, cert: bool) -> String {
 }
 
 /// The backend that answers app.test on `node` (its body's first word), on a new connection.
-async fn serves(node: &Node) -> String {
+pub async fn serves(node: &Node) -> String {
     match harness::http_request_host(&node.addr("http").to_string(), "GET", "/", Some("app.test"))
         .await
     {
@@ -90,7 +90,7 @@ async fn post_json(admin: &str, path: &str, body: &serde_json::Value) -> (u16, S
     (code, body)
 }
 
-async fn config_status(node: &Node) -> serde_json::Value {
+pub async fn config_status(node: &Node) -> serde_json::Value {
     let (code, body) = harness::http_get(&node.admin(), "/config/status")
         .await
         .unwrap();

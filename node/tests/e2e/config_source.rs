@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::cluster_config::{config_status as status, serves};
 use crate::ecs::{aws_env, Moto};
 use crate::harness::{self, Node};
 
@@ -36,21 +37,7 @@ const BUCKET: &str = "edge-config";
 const KEY: &str = "prod/routes.toml";
 
 async fn s3(moto: &Moto) -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test");
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(format!("http://{}", moto.addr))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(creds)
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .load()
-        .await;
-    aws_sdk_s3::Client::new(&conf)
+    aws_sdk_s3::Client::new(&edgemesh_chaos_tests::aws::sdk_config(moto.addr).await)
 }
 
 async fn put(client: &aws_sdk_s3::Client, doc: &str) -> String {
@@ -72,15 +59,6 @@ fn doc(pool: &str, one: &harness::Backend, two: &harness::Backend) -> String {
     )
 }
 
-async fn serves(node: &Node) -> String {
-    match harness::http_request_host(&node.addr("http").to_string(), "GET", "/", Some("app.test"))
-        .await
-    {
-        Ok((200, body)) => body.split(' ').next().unwrap_or_default().to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// Waits until the node routes app.test to `backend` (a committed version is applied at the
 /// next projection tick).
 async fn wait_serves(node: &Node, backend: &str) {
@@ -92,14 +70,6 @@ async fn wait_serves(node: &Node, backend: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn status(node: &Node) -> serde_json::Value {
-    let (code, body) = harness::http_get(&node.admin(), "/config/status")
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
 }
 
 /// Waits until the node's `/config/status` satisfies `ok`; returns it.
