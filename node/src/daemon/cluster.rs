@@ -401,31 +401,40 @@ impl Daemon {
     /// and publishes it as a new version when it changed and validates.
     pub(super) async fn run_config_source(self: std::sync::Arc<Self>) {
         let mut reader: Option<(Option<String>, crate::s3::S3Reader)> = None;
-        let mut last: Option<(String, Instant)> = None;
+        // Due times count in the ticks' scheduled instants, not in when the work after a tick
+        // ran, so a read every `poll` happens every `poll`, not every other tick.
+        let mut last: Option<(String, tokio::time::Instant)> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let now = tick.tick().await;
             let Some(src) = self.current.lock().await.0.config_source.clone() else {
                 continue;
             };
             // A node that starts leading reads at once; a new URL is read at once. After a
             // whole-cluster restart the version kept on disk is shared again first, so that
             // the object is compared with it.
-            let resharing = self.live_config().is_none()
-                && self.cluster.lock().expect("cluster lock").applied.is_some();
-            if !self.acting() || resharing {
+            if !self.acting() {
                 last = None;
+                continue;
+            }
+            let kept = self.cluster.lock().expect("cluster lock").applied.is_some();
+            let shared = {
+                let state = self.cluster_state.lock().expect("state lock");
+                let any = state.leader_entries(VERSION_PREFIX).next().is_some();
+                any
+            };
+            if kept && !shared {
                 continue;
             }
             let url = src.url();
             if last
                 .as_ref()
-                .is_some_and(|(u, at)| *u == url && at.elapsed() < src.poll)
+                .is_some_and(|(u, at)| *u == url && now.duration_since(*at) < src.poll)
             {
                 continue;
             }
-            last = Some((url, Instant::now()));
+            last = Some((url, now));
             if reader.as_ref().is_none_or(|(r, _)| *r != src.region) {
                 let r = crate::s3::S3Reader::new(src.region.as_deref()).await;
                 reader = Some((src.region.clone(), r));
