@@ -53,17 +53,19 @@ impl S3Reader {
                 };
             }
         };
+        let too_large = |len: u64| {
+            format!("s3://{bucket}/{key} is {len} bytes; a cluster configuration holds at most {max_bytes} bytes")
+        };
         let etag = out.e_tag().unwrap_or_default().to_string();
         if etag.is_empty() {
             return Err(format!(
                 "GetObject s3://{bucket}/{key}: no ETag in the answer"
             ));
         }
-        let len = out.content_length().unwrap_or(0);
-        if len > max_bytes as i64 {
-            return Err(format!(
-                "s3://{bucket}/{key} is {len} bytes; a cluster configuration holds at most {max_bytes} bytes"
-            ));
+        // Refused by its declared length before the body is read; the body is checked too.
+        let len = out.content_length().unwrap_or(0).max(0) as u64;
+        if len > max_bytes as u64 {
+            return Err(too_large(len));
         }
         let body = out
             .body
@@ -73,10 +75,7 @@ impl S3Reader {
             .into_bytes()
             .to_vec();
         if body.len() > max_bytes {
-            return Err(format!(
-                "s3://{bucket}/{key} is {} bytes; a cluster configuration holds at most {max_bytes} bytes",
-                body.len()
-            ));
+            return Err(too_large(body.len() as u64));
         }
         Ok(Read::Object { etag, body })
     }

@@ -452,13 +452,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             present |= 1 << i;
         }
     }
-    let has = |name: &HeaderName| {
-        HOP_BY_HOP
-            .iter()
-            .position(|n| *n == name)
-            .is_some_and(|i| present & (1 << i) != 0)
-    };
-    if has(&header::CONNECTION) {
+    // HOP_BY_HOP[0] is Connection.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -471,9 +466,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             h.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        if has(name) && !(keep_upgrade && *name == header::UPGRADE) {
-            h.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 && !(keep_upgrade && **name == header::UPGRADE) {
+            h.remove(*name);
         }
     }
     if keep_upgrade {

@@ -456,22 +456,17 @@ impl Daemon {
         let url = src.url();
         let seen = self.get(SOURCE_KEY).and_then(|b| decode::<SourceSeen>(&b));
         let known = cc::known_etag(seen.as_ref(), &url).map(str::to_string);
+        // Written only when something but the time changed.
         let record = |etag: Option<String>, outcome, read_error| {
-            let now = SourceSeen {
+            let mut now = SourceSeen {
                 url: url.clone(),
                 etag,
                 outcome,
                 read_error,
-                at: unix_now(),
+                at: seen.as_ref().map_or(0, |s| s.at),
             };
-            let same = seen.as_ref().is_some_and(|s| {
-                SourceSeen { at: 0, ..s.clone() }
-                    == SourceSeen {
-                        at: 0,
-                        ..now.clone()
-                    }
-            });
-            if !same {
+            if seen.as_ref() != Some(&now) {
+                now.at = unix_now();
                 let _ = self.publish(SOURCE_KEY, encode(&now));
             }
         };
@@ -517,19 +512,21 @@ impl Daemon {
                     (o, "live")
                 }
             }
+            // Validated above, and this node leads: committed here, as change_config would
+            // after validating it a second time.
             (ObjectStep::Publish, Ok((_, doc))) => {
                 let proposal = Proposal {
-                    id: 0,
+                    id: fastrand::u64(1..),
                     doc,
                     source: format!("{url} (ETag {etag})"),
-                    node: String::new(),
+                    node: crate::entrypoint::EntrypointHost::node_id(self),
                     author: "s3 source".into(),
                     replaces: live.map(|v| v.version),
                 };
-                match self.change_config(proposal).await {
+                match self.commit(&proposal) {
                     Ok(v) => (SourceOutcome::Published(v), "published"),
-                    Err(e) => {
-                        // Lost the lead, or a change landed in between: read again next time.
+                    Err(CommitError::Conflict(e) | CommitError::Write(e)) => {
+                        // A change landed in between, or the lead was lost: read again next time.
                         warn!(source = %url, error = %e, "cluster configuration object not published; trying again at the next read");
                         return "error";
                     }
