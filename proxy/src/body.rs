@@ -58,7 +58,7 @@ pub struct Metered<B> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Told the byte count when the body is dropped: the access log's record (response
     /// bodies) or the request size it reads (request bodies).
-    log: Option<Box<PendingLog>>,
+    log: Option<PendingLog>,
     bytes_seen: Option<Arc<AtomicU64>>,
 }
 
@@ -93,7 +93,7 @@ impl<B: Body> Metered<B> {
         self
     }
 
-    pub fn log(mut self, log: Option<Box<PendingLog>>) -> Self {
+    pub fn log(mut self, log: Option<PendingLog>) -> Self {
         self.log = log;
         self
     }
@@ -119,7 +119,7 @@ impl<B> Drop for Metered<B> {
             seen.store(self.bytes, Ordering::Relaxed);
         }
         if let Some(log) = self.log.take() {
-            (*log).finish(self.bytes);
+            log.finish(self.bytes);
         }
     }
 }

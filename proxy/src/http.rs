@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use crate::access_log::{HttpRecord, PendingLog};
+use crate::access_log::{HttpRecord, Pending, PendingLog};
 use crate::body::{Cut, Metered};
 use crate::pool::{now_ms, Pool};
 use crate::route::{normalize_host, Route};
@@ -81,51 +81,64 @@ pub async fn handle(
     let Some(log) = shared.access_log.load_full().filter(|l| l.sampled()) else {
         return Ok(route(&shared, &conn, req, refuse, &mut Outcome::default()).await);
     };
-    let started = Instant::now();
-    let h = req.headers();
-    let record = HttpRecord {
-        time: SystemTime::now(),
-        client: conn.peer,
-        host: req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| h.get(header::HOST).cloned()),
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        version: req.version(),
-        status: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        upstream: None,
-        upstream_time: None,
-        total_time: Default::default(),
-        tls_version: conn.tls_version,
-        sni: conn.sni.clone(),
-        referer: h.get(header::REFERER).cloned(),
-        user_agent: h.get(header::USER_AGENT).cloned(),
-    };
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    // One pass over the fields rather than a hashed lookup for each.
+    let (mut host, mut referer, mut user_agent) = (None, None, None);
+    for (name, value) in req.headers() {
+        let slot = match *name {
+            header::HOST => &mut host,
+            header::REFERER => &mut referer,
+            header::USER_AGENT => &mut user_agent,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(value.clone());
+        }
+    }
+    // Only a request with a body needs its size handed back from the body.
+    let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+    let mut pending = PendingLog::new(Pending {
+        log,
+        record: HttpRecord {
+            time: SystemTime::now(),
+            client: conn.peer,
+            host: match req.uri().authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => host,
+            },
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            version: req.version(),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream: None,
+            upstream_time: None,
+            total_time: Default::default(),
+            tls_version: conn.tls_version,
+            sni: conn.sni.clone(),
+            referer,
+            user_agent,
+        },
+        bytes_in: bytes_in.clone(),
+    });
     let mut outcome = Outcome {
-        bytes_in: Some(bytes_in.clone()),
+        bytes_in,
         ..Outcome::default()
     };
     let resp = route(&shared, &conn, req, refuse, &mut outcome).await;
-    let mut record = Box::new(record);
+    let record = pending.record();
     record.status = resp.status().as_u16();
     record.upstream = outcome.upstream;
     record.upstream_time = outcome.upstream_time;
-    let pending = Box::new(PendingLog {
-        log,
-        record,
-        started,
-        bytes_in,
-    });
     // The line is written when the response body ends (bytes out and total time known).
     Ok(resp.map(|b| match b {
         Either::Left(m) => Either::Left(m.log(Some(pending))),
         Either::Right(full) => {
-            (*pending).finish(full.size_hint().exact().unwrap_or(0));
+            pending.finish(full.size_hint().exact().unwrap_or(0));
             Either::Right(full)
         }
     }))

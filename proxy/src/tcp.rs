@@ -32,7 +32,7 @@ pub async fn serve(shared: Arc<Shared>, conn: TcpConn) {
     let (listener, peer) = (conn.listener.clone(), conn.peer);
     let session = relay(&shared, conn).await;
     if let Some(log) = log {
-        log.send(Record::Tcp(TcpRecord {
+        log.write(Record::Tcp(&TcpRecord {
             time,
             client: peer,
             listener,
