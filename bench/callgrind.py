@@ -4,6 +4,7 @@ counted by valgrind's callgrind: repeatable whatever else the machine does, unli
 
   python3 bench/callgrind.py [REQUESTS]                # default 20000; needs a release build
   python3 bench/callgrind.py [REQUESTS] --access-log   # edgemesh with and without [access_log]
+  CACHE_SIM=1 python3 bench/callgrind.py ...            # also cache misses (callgrind_annotate)
 
 Counts only the load phase (counters zeroed after a warm-up, dumped after exactly REQUESTS
 requests from h2load --h1 over 16 keep-alive connections), then prints each contender's
@@ -20,6 +21,7 @@ import proxies as P  # noqa: E402
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 N = int(ARGS[0]) if ARGS else 20000
 ACCESS_LOG = "--access-log" in sys.argv
+CACHE_SIM = ["--cache-sim=yes"] if os.environ.get("CACHE_SIM") else []
 
 
 def load(port, n):
@@ -35,7 +37,8 @@ def count(name, argv, port, env=None):
         if f.startswith(f"callgrind.{name}"):
             os.remove(os.path.join(P.OUT, f))
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                             "--dump-instr=no", *argv], env={**os.environ, **(env or {})},
+                             "--dump-instr=no", *CACHE_SIM, *argv],
+                            env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         return measure(name, proc, port)

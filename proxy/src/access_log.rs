@@ -30,7 +30,7 @@ const KEEP: usize = 1 << 20;
 /// A shard holding this many bytes wakes the writer before its next round, so that the
 /// buffers a busy proxy fills stay well inside the CPU's cache (at 40,000 requests/s, 20 ms
 /// of lines are some 300 KiB, formatted and then copied again by the write).
-const WAKE_AT: usize = 64 << 10;
+const WAKE_AT: usize = 32 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

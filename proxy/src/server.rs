@@ -264,7 +264,8 @@ impl Proxy {
                 self.shared.metrics.access_log_dropped(),
             )?),
         };
-        // The old writer thread ends once the last connection holding its sender lets go.
+        // The old log writes its last lines and its writer thread ends once the last exchange
+        // holding it has finished.
         self.shared.access_log.store(log);
         *current = spec.cloned();
         Ok(())
