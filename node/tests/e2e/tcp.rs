@@ -17,7 +17,15 @@ async fn tcp_stream_survives_50_pool_and_route_swaps() {
     let (other, other_conns) = echo_backend().await;
     let first = s.vars.iter().find(|(k, _)| *k == "echo").unwrap().1.clone();
 
-    let stream = TcpStream::connect(s.node.addr("tcp")).await.unwrap();
+    let mut stream = TcpStream::connect(s.node.addr("tcp")).await.unwrap();
+    // One echo before the swaps: the proxy has accepted the stream and connected it to the
+    // first endpoint (a connect returns once the kernel has queued it, which can be after
+    // the first swap; the stream then went to the other endpoint and counted there).
+    stream.write_all(b"ready").await.unwrap();
+    let mut ready = [0u8; 5];
+    stream.read_exact(&mut ready).await.unwrap();
+    assert_eq!(&ready, b"ready");
+    assert_eq!(other_conns.load(Ordering::Relaxed), 0);
     let (mut r, mut w) = stream.into_split();
     const TOTAL: u64 = 64 << 20;
     let writer = tokio::spawn(async move {
