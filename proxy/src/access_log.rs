@@ -2,9 +2,10 @@
 //! format, to stdout or a file.
 //!
 //! The data path formats its line where the exchange ends, straight into the buffer of its
-//! thread's shard (no record handed to another thread, no allocation per line); a dedicated
-//! thread swaps the shard buffers out every 20 ms, or sooner when one fills up, and writes
-//! them. When the writer falls
+//! thread's shard (no record handed to another thread, no allocation per line). A shard
+//! that fills up is written to a file by the thread that filled it, or handed to the writer
+//! thread for standard output; the writer also swaps out and writes whatever the shards
+//! hold every 20 ms. When the writer falls
 //! behind, a shard holding more than its limit drops lines and counts them
 //! (`edgemesh_access_log_dropped_total`) rather than slowing requests down.
 
@@ -27,9 +28,12 @@ const SHARDS: usize = 8;
 const SHARD_LIMIT: usize = 4 << 20;
 /// A drained buffer larger than this is freed rather than kept for the next round.
 const KEEP: usize = 1 << 20;
-/// A shard holding this many bytes wakes the writer before its next round, so that the
-/// buffers a busy proxy fills stay well inside the CPU's cache (at 40,000 requests/s, 20 ms
-/// of lines are some 300 KiB, formatted and then copied again by the write).
+/// A shard holding this many bytes is written out before the writer's next round: by the
+/// thread that filled it when the destination is a file (as nginx's `buffer=`: a write of
+/// whole lines with `O_APPEND`, to the page cache), else by waking the writer (standard
+/// output can be a pipe that blocks, which must not stop the proxy). Waking the writer for
+/// a file cost the proxy 2 µs of CPU per request in thread switches and cold caches
+/// (0.93x the requests/s without the log; written in place, 1.0x).
 const WAKE_AT: usize = 32 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +65,8 @@ struct Shards {
     /// The writer was woken and has not drained yet: one wake-up per drain.
     woken: AtomicBool,
     writer: OnceLock<std::thread::Thread>,
+    /// A file destination: a shard that fills up is written by the thread that filled it.
+    direct: Option<std::fs::File>,
 }
 
 impl Shards {
@@ -72,6 +78,7 @@ impl Shards {
             closed: AtomicBool::new(false),
             woken: AtomicBool::new(false),
             writer: OnceLock::new(),
+            direct: None,
         })
     }
 
@@ -121,7 +128,14 @@ impl AccessLog {
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
             ),
         };
-        let shards = Shards::new(spec.format, SHARD_LIMIT);
+        let mut shards = Shards::new(spec.format, SHARD_LIMIT);
+        if let Some(p) = &spec.path {
+            let direct = std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+            Arc::get_mut(&mut shards).expect("not shared yet").direct = Some(direct);
+        }
         let for_writer = shards.clone();
         let writer = std::thread::Builder::new()
             .name("edgemesh-access-log".into())
@@ -149,6 +163,14 @@ impl AccessLog {
         }
         f.line(self.shards.format, r);
         if f.buf.len() >= WAKE_AT {
+            if let Some(file) = &self.shards.direct {
+                if (&*file).write_all(&f.buf).is_err() {
+                    let lines = f.buf.iter().filter(|&&b| b == b'\n').count();
+                    self.dropped.inc_by(lines as u64);
+                }
+                f.buf.clear();
+                return;
+            }
             drop(f);
             if !self.shards.woken.swap(true, Ordering::Relaxed) {
                 self.shards.wake_writer();
@@ -796,6 +818,32 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_full_shard_goes_to_the_file_from_the_thread_that_filled_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        std::fs::write(&path, "").unwrap();
+        // No writer thread: only the filling thread can have written the lines.
+        let mut log = unstarted(1.0, SHARD_LIMIT);
+        Arc::get_mut(&mut log.shards).unwrap().direct = Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let mut n = 0;
+        while std::fs::metadata(&path).unwrap().len() == 0 {
+            log.write(Record::Http(&http_record()));
+            n += 1;
+            assert!(n < 1_000, "nothing written after {n} lines");
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), n, "every line so far, in one write");
+        assert!(text.len() >= WAKE_AT);
+        assert!(log.shards.mine().buf.is_empty());
+        assert_eq!(log.dropped.get(), 0);
     }
 
     #[test]
