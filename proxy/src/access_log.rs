@@ -32,8 +32,8 @@ const KEEP: usize = 1 << 20;
 /// thread that filled it when the destination is a file (as nginx's `buffer=`: a write of
 /// whole lines with `O_APPEND`, to the page cache), else by waking the writer (standard
 /// output can be a pipe that blocks, which must not stop the proxy). Waking the writer for
-/// a file cost the proxy 2 µs of CPU per request in thread switches and cold caches
-/// (0.93x the requests/s without the log; written in place, 1.0x).
+/// a file instead cost the proxy about 2 µs of CPU per request (0.93x the requests/s
+/// without the log; written in place, 1.0x: BENCHMARKS.md).
 const WAKE_AT: usize = 32 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
