@@ -118,24 +118,21 @@ impl std::fmt::Debug for AccessLog {
 impl AccessLog {
     /// Opens the destination (appending to a file) and starts the writer thread.
     pub fn start(spec: &AccessLogSpec, dropped: Counter) -> io::Result<Arc<AccessLog>> {
+        let mut shards = Shards::new(spec.format, SHARD_LIMIT);
         let out: Box<dyn Write + Send> = match &spec.path {
             None => Box::new(io::stdout()),
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
+            Some(p) => {
+                let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
-            ),
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+                // The same open file for the threads that write full shards.
+                let direct = file.try_clone()?;
+                Arc::get_mut(&mut shards).expect("not shared yet").direct = Some(direct);
+                Box::new(file)
+            }
         };
-        let mut shards = Shards::new(spec.format, SHARD_LIMIT);
-        if let Some(p) = &spec.path {
-            let direct = std::fs::OpenOptions::new()
-                .append(true)
-                .open(p)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
-            Arc::get_mut(&mut shards).expect("not shared yet").direct = Some(direct);
-        }
         let for_writer = shards.clone();
         let writer = std::thread::Builder::new()
             .name("edgemesh-access-log".into())
