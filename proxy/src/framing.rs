@@ -100,21 +100,26 @@ impl FramingScanner {
                     };
                 }
                 _ => {
-                    let end = data.iter().position(|&b| b == b'\n');
+                    let end = memchr::memchr(b'\n', data);
                     let part = &data[..end.unwrap_or(data.len())];
                     let room = KEEP.saturating_sub(self.line.len()).min(part.len());
-                    self.line.extend_from_slice(&part[..room]);
-                    self.overflow += part.len() - room;
-                    let Some(end) = end else { return };
+                    let Some(end) = end else {
+                        self.line.extend_from_slice(&part[..room]);
+                        self.overflow += part.len() - room;
+                        return;
+                    };
                     data = &data[end + 1..];
-                    let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                    if self.line.is_empty() {
+                        // The whole line is in this read: follow it where it lies.
+                        self.line_done(trim_cr(&part[..room]), part.len() > room);
+                        continue;
                     }
-                    let long = std::mem::take(&mut self.overflow) > 0;
-                    self.line_done(&line, long);
-                    line.clear();
+                    self.line.extend_from_slice(&part[..room]);
+                    let long = std::mem::take(&mut self.overflow) + part.len() - room > 0;
+                    let line = std::mem::take(&mut self.line);
+                    self.line_done(trim_cr(&line), long);
                     self.line = line;
+                    self.line.clear();
                 }
             }
         }
@@ -230,6 +235,10 @@ impl FramingScanner {
             }
         };
     }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Shared between a connection's reader and its request handler.
@@ -406,6 +415,38 @@ mod tests {
         ] {
             let (flagged, _, off) = scan(stream);
             assert_eq!((flagged, off), (None, true), "{:?}", String::from_utf8_lossy(stream));
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_kept_are_followed_to_their_end() {
+        // A long field the scanner does not care about: the heads after it are still read.
+        let cookie = "c".repeat(3 * KEEP);
+        let stream = format!(
+            "GET / HTTP/1.1\r\nCookie: {cookie}\r\n\r\n\
+             POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+        );
+        assert_eq!(
+            scan(stream.as_bytes()),
+            (Some((1, "more than one Content-Length")), 2, true)
+        );
+        // A Transfer-Encoding value too long to keep whole: not followed.
+        let codings = "gzip, ".repeat(KEEP / 4);
+        let stream = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {codings}chunked\r\n\r\n");
+        assert_eq!(scan(stream.as_bytes()), (None, 0, true));
+        // A Transfer-Encoding line of KEEP bytes with its CR is followed; one byte more is not.
+        for (pad, followed) in [(KEEP - 29, true), (KEEP - 28, false)] {
+            let stream = format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: {}, chunked\r\n\r\n0\r\n\r\n\
+                 GET / HTTP/1.1\r\n\r\n",
+                "x".repeat(pad)
+            );
+            let want = if followed {
+                (None, 2, false)
+            } else {
+                (None, 0, true)
+            };
+            assert_eq!(scan(stream.as_bytes()), want, "pad {pad}");
         }
     }
 

@@ -1,11 +1,11 @@
 //! HTTP routing: host first (exact, then the longest matching `*.suffix` wildcard, then `*`),
 //! then the longest path prefix among that host's routes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]

@@ -2,9 +2,9 @@
 //! whole. Requests and connections hold the `Arc<Pool>` they started with, so a swap never
 //! disturbs them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use crate::metrics::Metrics;

@@ -6,7 +6,6 @@
 //! tried on another endpoint without copying anything.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap as HashMap;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -31,7 +31,7 @@ struct Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::default());
 }
 
 /// A connection to one endpoint, owned by one exchange at a time.
@@ -63,7 +63,9 @@ pub async fn checkout(
             });
         }
     }
-    connect(addr, connect_timeout).await
+    // Boxed: the connect path's state (a timer, the TCP connect and hyper's handshake) would
+    // otherwise sit in, and be copied with, every exchange's future.
+    Box::pin(connect(addr, connect_timeout)).await
 }
 
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
