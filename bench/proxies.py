@@ -780,17 +780,21 @@ def main():
     key, crt, pem = cert()
     procs = start_backends()
     contenders = {}
+    # Fresh files each run (a run writes some GB); removed again at the end.
+    log_path = os.path.join(OUT, "access.log")
+    nginx_log_path = os.path.join(OUT, "nginx-access.log")
+
+    def remove_logs():
+        for f in (log_path, nginx_log_path):
+            if os.path.exists(f):
+                os.remove(f)
+
+    remove_logs()
     try:
         contenders["edgemesh"] = start_edgemesh(crt, key)
         contenders["nginx"] = start_nginx(crt, key)
         contenders["haproxy"] = start_haproxy(pem)
         contenders["socat"] = start_socat()
-        # Fresh files each run (a run writes some GB); removed again at the end.
-        log_path = os.path.join(OUT, "access.log")
-        nginx_log_path = os.path.join(OUT, "nginx-access.log")
-        for f in (log_path, nginx_log_path):
-            if os.path.exists(f):
-                os.remove(f)
         contenders["nginx_log"] = start_nginx_log(nginx_log_path)
         contenders["edgemesh_log"] = start_edgemesh(
             crt, key, "edgemesh_log", EDGE_LOG_ADMIN, EDGE_LOG_GOSSIP,
@@ -839,9 +843,7 @@ def main():
             p.terminate()
         for c in contenders.values():
             c.proc.wait()
-        for f in (log_path, nginx_log_path):
-            if os.path.exists(f):
-                os.remove(f)
+        remove_logs()
 
 
 if __name__ == "__main__":
