@@ -136,7 +136,7 @@ async fn start() -> Bench {
 async fn start_with(template: &str, mut vars: Vec<(&'static str, String)>) -> Bench {
     let h1 = health_backend("h1").await;
     let h2 = health_backend("h2").await;
-    let (silent, _) = crate::limits::silent_upstream().await;
+    let (silent, _, _) = crate::limits::silent_upstream().await;
     let (echo, _) = harness::echo_backend().await;
     vars.extend([
         ("h1", h1.0.to_string()),

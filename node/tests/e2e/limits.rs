@@ -52,15 +52,17 @@ endpoints = ["{silent}"]
 endpoints = ["{full}"]
 "#;
 
-/// An upstream that accepts, reads and counts bytes, and never answers.
-pub(crate) async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An upstream that accepts, reads and counts bytes, and never answers. The second counter
+/// is of connections the proxy closed.
+pub(crate) async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
-    let count = seen.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (count, ended) = (seen.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let count = count.clone();
+            let (count, ended) = (count.clone(), ended.clone());
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = s.read(&mut buf).await {
@@ -69,10 +71,11 @@ pub(crate) async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                     }
                     count.fetch_add(n, Ordering::SeqCst);
                 }
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, seen)
+    (addr, seen, closed)
 }
 
 /// An upstream whose accept queue is full and never drained: connects to it hang (the
@@ -95,7 +98,7 @@ fn full_upstream() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
 
 async fn start(limits: &str) -> (harness::Node, Upstreams) {
     let ok = harness::backend("ok").await;
-    let (silent, silent_seen) = silent_upstream().await;
+    let (silent, silent_seen, silent_closed) = silent_upstream().await;
     let (full, full_held, full_socket) = full_upstream();
     let vars = vec![
         ("limits", limits.to_string()),
@@ -107,6 +110,7 @@ async fn start(limits: &str) -> (harness::Node, Upstreams) {
     let up = Upstreams {
         _ok: ok,
         silent_seen,
+        silent_closed,
         _full: (full_held, full_socket),
     };
     (node, up)
@@ -115,6 +119,7 @@ async fn start(limits: &str) -> (harness::Node, Upstreams) {
 struct Upstreams {
     _ok: harness::Backend,
     silent_seen: Arc<AtomicUsize>,
+    silent_closed: Arc<AtomicUsize>,
     _full: (Vec<std::net::TcpStream>, socket2::Socket),
 }
 
@@ -290,6 +295,95 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
         "cut after {after:?} (header timeout 1 s)"
     );
     trickle.abort();
+}
+
+/// Reads one response of a keep-alive exchange: the head and a `Content-Length` body.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if out.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Waits up to `within` for `cond`.
+async fn wait_for(within: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_runs_again_for_each_request_on_a_kept_alive_connection() {
+    let (node, _up) = start("header_read_timeout_secs = 1").await;
+    let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
+    // Requests spread over more than the timeout: each head arrives in time, so the
+    // connection lives on (the clock starts again for every head).
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: ok.test\r\n\r\n")
+            .await
+            .unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Then the start of a head, and nothing more: cut one timeout after the last response.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: ok").await.unwrap();
+    let waiting = Instant::now() - Duration::from_millis(600);
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the connection was never cut")
+        .unwrap_or(0);
+    let after = waiting.elapsed();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "cut {after:?} after the last response (header timeout 1 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_request_ends_the_upstream_exchange() {
+    let (node, up) = start("upstream_response_timeout_secs = 60").await;
+    let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: silent.test\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the request never reached the upstream",
+        || up.silent_seen.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    assert_eq!(up.silent_closed.load(Ordering::SeqCst), 0);
+    // The proxy watches the client while the upstream thinks: the hang-up ends the exchange,
+    // and its upstream connection, long before the response timeout.
+    drop(s);
+    wait_for(
+        Duration::from_secs(5),
+        "the upstream connection outlived the client that hung up",
+        || up.silent_closed.load(Ordering::SeqCst) == 1,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

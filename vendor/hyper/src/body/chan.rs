@@ -205,6 +205,10 @@ impl Receiver {
 
 impl Drop for Sender {
     fn drop(&mut self) {
+        // edgemesh patch: nothing waits on this side any more. Without this, the receiver
+        // woke the dropped sender's task each time it took the last chunk: one spurious poll
+        // of the HTTP/1 client connection per response body.
+        drop(self.shared.sender_waker.take());
         let mut state = self.shared.state.lock().panic_if_poisoned();
         state.sender_open = false;
         let receiver_open = state.receiver_open;

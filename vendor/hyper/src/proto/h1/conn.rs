@@ -278,8 +278,9 @@ where
 
         #[cfg(feature = "server")]
         {
+            // edgemesh patch: the sleep is kept and reset for the next head instead of
+            // being dropped here and allocated and registered anew for every request.
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -512,7 +513,8 @@ where
     fn force_io_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         debug_assert!(!self.state.is_read_closed());
 
-        let result = ready!(self.io.poll_read_from_io(cx));
+        // edgemesh patch: a probe read (see `Buffered::poll_read_probe`).
+        let result = ready!(self.io.poll_read_probe(cx));
         Poll::Ready(result.map_err(|e| {
             trace!(error = %e, "force_io_read; io error");
             self.state.close();
@@ -540,7 +542,8 @@ where
 
         if !self.io.is_read_blocked() {
             if self.io.read_buf().is_empty() {
-                match self.io.poll_read_from_io(cx) {
+                // edgemesh patch: a probe read (see `Buffered::poll_read_probe`).
+                match self.io.poll_read_probe(cx) {
                     Poll::Ready(Ok(n)) => {
                         if n == 0 {
                             trace!("maybe_notify; read eof");

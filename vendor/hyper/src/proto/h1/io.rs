@@ -14,6 +14,12 @@ use crate::common::buf::BufList;
 /// The initial buffer size allocated before trying to read from IO.
 pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 
+/// edgemesh patch: room left in the read buffer that is enough for a read that looks for EOF
+/// or early data (`poll_read_probe`). Reserving a whole read's worth there allocated a new
+/// buffer for nearly every message: the bytes of the last one (its header values, its body
+/// chunk) still shared the old buffer.
+const SPARE_ROOM: usize = 1024;
+
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
 
@@ -229,6 +235,22 @@ where
     }
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.poll_read_with_room(cx, usize::MAX)
+    }
+
+    /// edgemesh patch: a read that looks for EOF or an error while no message is due (see
+    /// `Conn::force_io_read`), into the room left if there is `SPARE_ROOM`.
+    pub(crate) fn poll_read_probe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.poll_read_with_room(cx, SPARE_ROOM)
+    }
+
+    /// Reads into the buffer, reserving the read strategy's next size first unless at least
+    /// `enough` bytes of room are left.
+    fn poll_read_with_room(
+        &mut self,
+        cx: &mut Context<'_>,
+        enough: usize,
+    ) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
@@ -238,7 +260,8 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        if self.read_buf_remaining_mut() < next {
+        let room = self.read_buf_remaining_mut();
+        if room < next && room < enough {
             self.read_buf.reserve(next);
         }
 
