@@ -48,6 +48,11 @@ rm -f target/chaos-report.md target/testssl-report.md
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The hyper carried in vendor/hyper (see its PATCHES.md): its own unit tests, patches applied.
+echo "== hyper's unit tests (vendor/hyper)"
+cargo test --manifest-path vendor/hyper/Cargo.toml --target-dir target/vendor-hyper \
+  --lib --features full 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
 scripts/chaos-report.sh
 if [ -s target/testssl-report.md ]; then
