@@ -549,3 +549,12 @@ pub fn run(cmd: &str, args: &[&str]) -> (i32, String, String) {
     let code = child.wait().unwrap().code().unwrap_or(-1);
     (code, out, err)
 }
+
+/// Polls `f` every 50 ms until it holds; fails the test after `within`.
+pub async fn wait_for(within: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -2,7 +2,7 @@
 //! shutdown, the admin API and meshctl.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::{self, http_request_host, run};
 use crate::{setup, BASE};
@@ -77,12 +77,8 @@ async fn check_config_accepts_the_annotated_example() {
     );
 }
 
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(what: &str, f: impl AsyncFnMut() -> bool) {
+    crate::harness::wait_for(Duration::from_secs(10), what, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{self, http_get, http_request_host, raw_exchange};
+use crate::harness::{self, http_get, http_request_host, raw_exchange, wait_for};
 
 /// `{limits}` is each test's `[limits]` body; `{ok}`, `{silent}` and `{full}` are upstreams.
 const LIMITS: &str = r#"
@@ -322,15 +322,6 @@ async fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
-/// Waits up to `within` for `cond`.
-async fn wait_for(within: Duration, what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_timeout_runs_again_for_each_request_on_a_kept_alive_connection() {
     let (node, _up) = start("header_read_timeout_secs = 1").await;
@@ -370,8 +361,8 @@ async fn a_client_that_hangs_up_mid_request_ends_the_upstream_exchange() {
         .unwrap();
     wait_for(
         Duration::from_secs(5),
-        "the request never reached the upstream",
-        || up.silent_seen.load(Ordering::SeqCst) > 0,
+        "the request to reach the upstream",
+        async || up.silent_seen.load(Ordering::SeqCst) > 0,
     )
     .await;
     assert_eq!(up.silent_closed.load(Ordering::SeqCst), 0);
@@ -380,8 +371,8 @@ async fn a_client_that_hangs_up_mid_request_ends_the_upstream_exchange() {
     drop(s);
     wait_for(
         Duration::from_secs(5),
-        "the upstream connection outlived the client that hung up",
-        || up.silent_closed.load(Ordering::SeqCst) == 1,
+        "the upstream connection to close after the client hung up",
+        async || up.silent_closed.load(Ordering::SeqCst) == 1,
     )
     .await;
 }
@@ -494,8 +485,8 @@ async fn h2_streams_past_the_limit_are_refused() {
     // The two streams within the limit were forwarded; the connection is still open.
     wait_for(
         Duration::from_secs(5),
-        "the streams never reached the upstream",
-        || up.silent_seen.load(Ordering::SeqCst) > 0,
+        "the streams to reach the upstream",
+        async || up.silent_seen.load(Ordering::SeqCst) > 0,
     )
     .await;
     s.write_all(b"\0\0\x08\x06\0\0\0\0\0pingping")

@@ -238,8 +238,9 @@ where
         self.poll_read_with_room(cx, usize::MAX)
     }
 
-    /// edgemesh patch: a read that looks for EOF or an error while no message is due (see
-    /// `Conn::force_io_read`), into the room left if there is `SPARE_ROOM`.
+    /// edgemesh patch: a read that looks for EOF, an error or early data while no message is
+    /// due (`Conn::force_io_read`, `Conn::maybe_notify`), into the room left if there is
+    /// `SPARE_ROOM`.
     pub(crate) fn poll_read_probe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.poll_read_with_room(cx, SPARE_ROOM)
     }
