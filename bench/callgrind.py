@@ -8,7 +8,9 @@ counted by valgrind's callgrind: repeatable whatever else the machine does, unli
 
 Counts only the load phase (counters zeroed after a warm-up, dumped after exactly REQUESTS
 requests from h2load --h1 over 16 keep-alive connections), then prints each contender's
-instructions per request and where edgemesh's profile is (bench/out/callgrind.edgemesh*).
+instructions per request (edgemesh, nginx, and hyper with nothing on top: the floor under
+edgemesh, proxy/examples/hyper_floor.rs) and where edgemesh's profile is
+(bench/out/callgrind.edgemesh*).
 """
 import os
 import subprocess
@@ -126,6 +128,14 @@ endpoints = ["127.0.0.1:{P.BACKEND}"]
                      P.PORTS["nginx"]["http"])
         print(f"user-space instructions per request: edgemesh {e:,.0f}, nginx {n:,.0f} "
               f"(ratio {e / n:.2f})")
+        if not os.path.exists(P.FLOOR):
+            sys.exit(f"{P.FLOOR} is missing: cargo build --release -p edgemesh-proxy "
+                     "--example hyper_floor")
+        floor_port = P.PORTS["hyper_floor"]["http"]
+        f, _ = count("hyper_floor", [P.FLOOR, f"127.0.0.1:{floor_port}",
+                                     f"127.0.0.1:{P.BACKEND}"], floor_port)
+        print(f"hyper with nothing on top (proxy/examples/hyper_floor.rs): {f:,.0f} "
+              f"(edgemesh is {e / f:.2f}x that, nginx {n / f:.2f}x)")
         # The release build inlines most of the data path into a few functions (thin LTO), so
         # the per-function split is coarse; the file is there for callgrind_annotate.
         print(f"edgemesh's profile of the load phase: {e_out}")

@@ -29,6 +29,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OUT = os.path.join(ROOT, "bench", "out")
 EDGE = os.environ.get("EDGEMESH_BIN", os.path.join(ROOT, "target", "release", "edgemesh"))
 MESHCTL = os.path.join(os.path.dirname(EDGE), "meshctl")
+# hyper with nothing on top (proxy/examples/hyper_floor.rs): the floor under edgemesh's data path.
+FLOOR = os.environ.get("HYPER_FLOOR_BIN",
+                       os.path.join(ROOT, "target", "release", "examples", "hyper_floor"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNS = int(os.environ.get("CONNS", "64"))
@@ -52,6 +55,7 @@ PORTS = {
     # nginx with its access log on (the same fields as JSON, buffered): what logging costs
     # the reference proxy on this machine.
     "nginx_log": {"http": 18681},
+    "hyper_floor": {"http": 18781},
 }
 EDGE_ADMIN, EDGE_GOSSIP = 19901, 17946
 EDGE_LOG_ADMIN, EDGE_LOG_GOSSIP = 19902, 17956
@@ -365,6 +369,11 @@ backend app_tcp
     return c
 
 
+def start_hyper_floor():
+    return Contender("hyper_floor", [FLOOR, f"127.0.0.1:{PORTS['hyper_floor']['http']}",
+                                     f"127.0.0.1:{BACKEND}"])
+
+
 def start_socat():
     p = PORTS["socat"]
     # Two listeners, each forking a process per connection (as the seed used it): one parent
@@ -552,7 +561,7 @@ def run_churn(c):
 
 
 SCENARIO_DEF = {
-    "http": (["edgemesh", "nginx", "haproxy"],
+    "http": (["edgemesh", "nginx", "haproxy", "hyper_floor"],
              lambda c: wrk(f"http://127.0.0.1:{c.ports['http']}/")),
     "https": (["edgemesh", "nginx", "haproxy"],
               lambda c: wrk(f"https://127.0.0.1:{c.ports['https']}/")),
@@ -795,6 +804,7 @@ def main():
         contenders["nginx"] = start_nginx(crt, key)
         contenders["haproxy"] = start_haproxy(pem)
         contenders["socat"] = start_socat()
+        contenders["hyper_floor"] = start_hyper_floor()
         contenders["nginx_log"] = start_nginx_log(nginx_log_path)
         contenders["edgemesh_log"] = start_edgemesh(
             crt, key, "edgemesh_log", EDGE_LOG_ADMIN, EDGE_LOG_GOSSIP,
