@@ -148,6 +148,11 @@ impl FramingScanner {
                     self.state = State::Off;
                     return;
                 }
+                if !matches!(line[0] | 0x20, b'c' | b't' | b'u') {
+                    // Not a field this scanner reads (the first letter tells, and most
+                    // fields are ones like Host or Accept); hyper judges its syntax.
+                    return;
+                }
                 let Some(colon) = line.iter().position(|&b| b == b':') else {
                     self.state = State::Off;
                     return;

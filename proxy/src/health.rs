@@ -169,9 +169,12 @@ async fn probe_inner(addr: SocketAddr, spec: &HealthCheckSpec) -> Result<(), Str
         .header(http::header::CONNECTION, "close")
         .body(Either::Right(Empty::<Bytes>::new()))
         .map_err(|e| format!("request for {path:?}: {e}"))?;
+    // `probe`'s timeout covers the whole check and ends it first; this one only bounds the
+    // exchange if that ever changed.
     let status = conn
-        .send(req)
+        .send(req, tokio::time::Instant::now() + 2 * timeout)
         .await
+        .ok_or_else(|| format!("no answer within {} ms", spec.timeout_ms))?
         .map_err(|e| format!("HTTP: {}", e.error()))?
         .status()
         .as_u16();

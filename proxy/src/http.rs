@@ -5,10 +5,12 @@
 //! is the edge); `Upgrade` (WebSocket) is relayed as raw bytes after the 101.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use crate::access_log::{HttpRecord, Pending, PendingLog};
+use crate::access_log::{AccessLog, HttpRecord, Pending, PendingLog};
 use crate::body::{Cut, Metered};
 use crate::pool::{now_ms, Pool};
 use crate::route::{normalize_host, Route};
@@ -70,17 +72,37 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The future of one exchange, boxed: hyper keeps space for one per connection for the
+/// connection's lifetime, and a pointer is what an idle connection should hold.
+pub type Exchange = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
 /// `refuse`: why the connection's framing guard refuses this request (ambiguous framing
 /// hyper settled silently), if it does.
-pub async fn handle(
+///
+/// A request that is not logged gets a future of its own type: the logged path's state (the
+/// record, about 200 bytes) would otherwise be part of every exchange's future, and be
+/// copied with it.
+pub fn handle(
     shared: Arc<Shared>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
     refuse: Option<&'static str>,
+) -> Exchange {
+    match shared.access_log.load_full().filter(|l| l.sampled()) {
+        None => Box::pin(async move {
+            Ok(route(&shared, &conn, req, refuse, &mut Outcome::default()).await)
+        }),
+        Some(log) => Box::pin(logged(shared, conn, req, refuse, log)),
+    }
+}
+
+async fn logged(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+    refuse: Option<&'static str>,
+    log: Arc<AccessLog>,
 ) -> Result<Response<RespBody>, Infallible> {
-    let Some(log) = shared.access_log.load_full().filter(|l| l.sampled()) else {
-        return Ok(route(&shared, &conn, req, refuse, &mut Outcome::default()).await);
-    };
     // One pass over the fields rather than a hashed lookup for each.
     let (mut host, mut referer, mut user_agent) = (None, None, None);
     for (name, value) in req.headers() {
@@ -212,7 +234,7 @@ async fn route(
             return too_large(limit);
         }
     }
-    let mut resp = forward(shared, conn, &host, &pool, &route, req, outcome).await;
+    let mut resp = forward(shared, conn, &pool, &route, req, outcome).await;
     if conn.tls {
         if let Some(v) = &route.hsts {
             resp.headers_mut()
@@ -238,7 +260,6 @@ fn too_large(limit: u64) -> Response<RespBody> {
 async fn forward(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    host: &str,
     pool: &Pool,
     route: &Route,
     mut req: Request<Incoming>,
@@ -248,8 +269,13 @@ async fn forward(
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need the header.
-        if let Ok(v) = HeaderValue::from_str(parts.uri.authority().map_or(host, |a| a.as_str())) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need the header. (A
+        // request with neither was refused by `route`.)
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -306,28 +332,27 @@ async fn forward(
             }
         };
         let in_flight = ep.begin();
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         outcome.upstream = Some(ep.addr);
         let head_deadline = {
-            let d = tokio::time::Instant::now() + s.response_timeout;
+            let d = started + s.response_timeout;
             deadline.map_or(d, |r| r.min(d))
         };
-        let Ok(sent) = tokio::time::timeout_at(head_deadline, upstream.send(req)).await else {
+        let sent = upstream.send(req, head_deadline).await;
+        let took = started.elapsed();
+        outcome.upstream_time = Some(took);
+        let Some(sent) = sent else {
             pool.metrics.timeouts.inc();
             pool.metrics.errors.inc();
-            outcome.upstream_time = Some(started.elapsed());
-            warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = started.elapsed().as_millis() as u64, "upstream sent no response head in time");
+            warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = took.as_millis() as u64, "upstream sent no response head in time");
             return local(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("upstream of service {} did not answer in time\n", pool.name),
             );
         };
-        outcome.upstream_time = Some(started.elapsed());
         match sent {
             Ok(resp) => {
-                pool.metrics
-                    .latency
-                    .observe(started.elapsed().as_secs_f64());
+                pool.metrics.latency.observe(took.as_secs_f64());
                 ep.mark_success();
                 return respond(shared, resp, upgrade, in_flight, upstream, deadline);
             }
@@ -455,26 +480,54 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::UPGRADE,
 ];
 
+/// The index of `name` in [`HOP_BY_HOP`]: one match on the name's text instead of eight
+/// comparisons per field.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "proxy-authorization" => 6,
+        "upgrade" => 7,
+        _ => return None,
+    })
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // One pass comparing names finds the few fields present (usually none in a request,
     // `Connection: keep-alive` in a response), and only those are removed: a hashed removal
     // per listed name cost 6% of a proxied request's instructions (callgrind).
     let mut present = 0u8;
     for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| *n == k) {
+        if let Some(i) = hop_by_hop_index(k) {
             present |= 1 << i;
         }
     }
     // HOP_BY_HOP[0] is Connection.
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !HOP_BY_HOP.contains(&n))
-            .collect();
+        // The usual tokens (`keep-alive`, `close`) are recognised as bytes, and only other
+        // tokens are parsed into names: this cost 700 instructions per response as a chain
+        // of string adapters parsing every token.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in h.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"close")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    if hop_by_hop_index(&name).is_none() {
+                        named.push(name);
+                    }
+                }
+            }
+        }
         for name in named {
             h.remove(name);
         }
@@ -545,9 +598,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
+            HeaderValue::from_static("Keep-Alive, X-Secret ,close"),
         );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -555,6 +610,20 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_index_follows_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for other in [
+            header::HOST,
+            header::ACCEPT,
+            HeaderName::from_static("x-te"),
+        ] {
+            assert_eq!(hop_by_hop_index(&other), None, "{other}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP routing: host first (exact, then the longest matching `*.suffix` wildcard, then `*`),
 //! then the longest path prefix among that host's routes.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,8 +135,9 @@ impl Router {
 }
 
 /// Lower-cases a Host header or authority and strips the port and a trailing dot.
-/// Returns `None` for a value that is not a plausible host name.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// Returns `None` for a value that is not a plausible host name. Borrows when the value is
+/// already lower case (the usual Host header), so routing a request allocates nothing here.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let host = if raw.starts_with('[') {
         // IPv6 literal: keep the brackets, drop the port.
         &raw[..=raw.find(']')?]
@@ -150,7 +152,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(Cow::Owned(host.to_ascii_lowercase()));
+    }
+    Some(Cow::Borrowed(host))
 }
 
 #[cfg(test)]

@@ -4,12 +4,15 @@
 //! only stops accepting on it, its connections carry on; draining (shutdown) also asks every
 //! HTTP connection to finish its in-flight requests and close, then waits for them.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use futures_util::task::AtomicWaker;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -574,33 +577,50 @@ where
     let peer = info.peer;
     // The bytes hyper reads pass a smuggling guard first (see `framing`).
     let (io, verdict) = framing::Scanned::new(io);
-    // hyper keeps space for one service future per connection for the connection's
-    // lifetime; boxed, an idle connection holds a pointer instead of the request path's
-    // whole state (about 4 KiB).
+    // `http::handle` boxes each exchange's future (see `http::Exchange`).
+    let info = Arc::new(info);
     let svc = service_fn(move |req| {
         let refuse = verdict.next_request();
-        Box::pin(http::handle(svc_shared.clone(), info.clone(), req, refuse))
+        http::handle(svc_shared.clone(), info.clone(), req, refuse)
     });
     let conn = shared
         .http
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // The drain watch is polled only after it woke this task (its own waker sets a flag),
+    // not on every wake of the connection: polling it each time cost about 310 instructions
+    // per proxied request (callgrind).
     let mut drain = shared.drain.subscribe();
-    let mut draining = *drain.borrow_and_update();
-    if draining {
+    let mut watching = !*drain.borrow_and_update();
+    if !watching {
         conn.as_mut().graceful_shutdown();
     }
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            changed = drain.changed(), if !draining => {
-                draining = true;
-                if changed.is_ok() {
+    let flag = Arc::new(WakeFlag::default());
+    let flag_waker = Waker::from(flag.clone());
+    let mut changed = std::pin::pin!(drain.changed());
+    let result = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !watching {
+            return Poll::Pending;
+        }
+        flag.task.register(cx.waker());
+        if !flag.set.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        match changed.as_mut().poll(&mut Context::from_waker(&flag_waker)) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => {
+                watching = false;
+                if r.is_ok() {
+                    // The loop polls the connection again: the shutdown starts there.
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
-    };
+    })
+    .await;
     if let Err(e) = result {
         let parse_error = e
             .downcast_ref::<hyper::Error>()
@@ -611,6 +631,33 @@ where
         } else {
             debug!(%peer, error = %e, "HTTP connection ended with error");
         }
+    }
+}
+
+/// Set (and the connection's task woken) when the drain watch wakes. Starts set, so the
+/// watch is polled once to register.
+struct WakeFlag {
+    set: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for WakeFlag {
+    fn default() -> Self {
+        WakeFlag {
+            set: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.set.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

@@ -6,8 +6,11 @@
 //! tried on another endpoint without copying anything.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -17,6 +20,7 @@ use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use rustc_hash::FxHashMap as HashMap;
 use tokio::net::TcpStream;
+use tokio::time::{Instant as TokioInstant, Sleep};
 use tracing::debug;
 
 use crate::http::ReqBody;
@@ -28,6 +32,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 struct Idle {
     sender: SendRequest<ReqBody>,
     since: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 thread_local! {
@@ -40,6 +45,8 @@ pub struct Conn {
     addr: SocketAddr,
     /// Came from the pool: the server may have closed it meanwhile.
     pub reused: bool,
+    /// The response-head timer, kept with the connection and moved lazily (see [`Conn::send`]).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A pooled connection that can take a request, or a new one.
@@ -60,6 +67,7 @@ pub async fn checkout(
                 sender: idle.sender,
                 addr,
                 reused: true,
+                timer: idle.timer,
             });
         }
     }
@@ -87,6 +95,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
         sender,
         addr,
         reused: false,
+        timer: None,
     })
 }
 
@@ -95,12 +104,39 @@ fn pop(addr: SocketAddr) -> Option<Idle> {
 }
 
 impl Conn {
-    /// Sends `req`. On failure the request comes back when it was not written at all.
+    /// Sends `req` and waits for the response head until `deadline`; `None` when it passed.
+    /// On failure the request comes back when it was not written at all.
+    ///
+    /// The timer lives with the connection and is moved only when it fires early or must
+    /// fire sooner: one exchange after another pushes the deadline later, so the timer
+    /// fires about once per timeout period and is then set to the current deadline, instead
+    /// of a timer being registered and cancelled on every request (nginx's and HAProxy's
+    /// approach to their expiry timers, too).
     pub async fn send(
         &mut self,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
-        self.sender.try_send_request(req).await
+        deadline: TokioInstant,
+    ) -> Option<Result<Response<Incoming>, TrySendError<Request<ReqBody>>>> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let mut exchange = std::pin::pin!(self.sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                if TokioInstant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                timer.as_mut().reset(deadline);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Returns the connection to this thread's pool for the next exchange.
@@ -115,8 +151,88 @@ impl Conn {
                 idle.push(Idle {
                     sender: self.sender,
                     since: Instant::now(),
+                    timer: self.timer,
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http_body_util::{Either, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers each request head on a connection in turn: `/slow` after 400 ms, anything
+    /// else at once.
+    async fn server() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = pending.drain(..end + 4).collect();
+                    if head.starts_with(b"GET /slow ") {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        addr
+    }
+
+    fn get(path: &str) -> Request<ReqBody> {
+        Request::get(path)
+            .header(http::header::HOST, "t")
+            .body(Either::Right(Empty::<Bytes>::new()))
+            .unwrap()
+    }
+
+    /// The head timer stays with the connection and is moved lazily: an exchange must not
+    /// inherit an earlier exchange's deadline, and a sooner deadline must still hold.
+    #[tokio::test]
+    async fn each_exchange_gets_its_own_head_deadline() {
+        let addr = server().await;
+        let mut conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let at = |ms| TokioInstant::now() + Duration::from_millis(ms);
+        // Sets the timer to fire 100 ms from now.
+        let r = conn.send(get("/fast"), at(100)).await;
+        assert_eq!(
+            r.and_then(|r| r.ok()).map(|r| r.status()),
+            Some(StatusCode::OK)
+        );
+        // The timer fires during this exchange, before its own deadline: it is moved on,
+        // and the answer after 400 ms arrives in time.
+        conn.sender.ready().await.unwrap();
+        let started = Instant::now();
+        let r = conn.send(get("/slow"), at(2_000)).await;
+        assert_eq!(
+            r.and_then(|r| r.ok()).map(|r| r.status()),
+            Some(StatusCode::OK)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(350));
+        // The timer is now set 2 s out; a deadline 150 ms away must end this exchange then.
+        conn.sender.ready().await.unwrap();
+        let started = Instant::now();
+        assert!(conn.send(get("/slow"), at(150)).await.is_none());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(140) && took < Duration::from_millis(350),
+            "{took:?}"
+        );
     }
 }

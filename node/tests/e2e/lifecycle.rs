@@ -4,6 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::harness::{self, http_request_host, run};
 use crate::{setup, BASE};
 
@@ -175,6 +177,20 @@ async fn sigterm_finishes_in_flight_request_then_exits() {
         let (code, _, err) = run(edgemesh, &args);
         assert_eq!(code, 0, "{args:?}: {err}");
     }
+    // A kept-alive client connection, idle after one exchange.
+    let mut idle = tokio::net::TcpStream::connect(s.node.addr("http"))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /idle HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("a GET /idle") {
+        let mut buf = [0u8; 4096];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
     let http = s.http();
     let slow =
         tokio::spawn(
@@ -182,7 +198,7 @@ async fn sigterm_finishes_in_flight_request_then_exits() {
         );
     // Let the request reach the backend.
     wait_for("request in flight", async || {
-        s.a.requests.load(std::sync::atomic::Ordering::Relaxed) == 1
+        s.a.requests.load(std::sync::atomic::Ordering::Relaxed) == 2
     })
     .await;
     s.node.signal("TERM");
@@ -193,6 +209,13 @@ async fn sigterm_finishes_in_flight_request_then_exits() {
             .is_err()
     })
     .await;
+    // The idle connection is closed at once (no request of its own is cut), while the slow
+    // request still runs.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle kept-alive connection is closed when the drain starts")
+        .unwrap();
     assert!(!slow.is_finished());
     let (code, body) = slow.await.unwrap().unwrap();
     assert_eq!((code, body.as_str()), (200, "a slow done"));
