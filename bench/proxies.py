@@ -661,6 +661,9 @@ def report(results, machine):
     S = results
     if "http" in S:
         md += ["### HTTP/1.1 keep-alive, small response (wrk, 64 connections)", "",
+               "hyper_floor is hyper passing requests through with nothing on top "
+               "(`proxy/examples/hyper_floor.rs`: no routing, header rewrite, metrics, timeouts "
+               "or pool): not a proxy to run, but the floor under edgemesh's data path.", "",
                table(S, "http", [("requests/s", "rps", rps), ("p50", "p50", ms), ("p99", "p99", ms)]),
                "", ratio_line(S, "http", "rps", {"nginx": 1.2, "haproxy": 1.0}, label="requests/s"),
                ratio_line(S, "http", "p99", {"nginx": 1.0}, lower_is_better=True, label="p99 latency"),
