@@ -89,8 +89,14 @@ pub fn handle(
     refuse: Option<&'static str>,
 ) -> Exchange {
     match shared.access_log.load_full().filter(|l| l.sampled()) {
+        // `dispatch` then `forward`, not one async fn calling the other: a callee's future is
+        // copied whole into its caller's, and this saves one such copy (callgrind: 123 of
+        // 140 instructions saved per request were memcpy).
         None => Box::pin(async move {
-            Ok(route(&shared, &conn, req, refuse, &mut Outcome::default()).await)
+            Ok(match dispatch(&shared, &conn, req, refuse) {
+                Err(answer) => answer,
+                Ok(fwd) => forward(&shared, &conn, fwd, &mut Outcome::default()).await,
+            })
         }),
         Some(log) => Box::pin(logged(shared, conn, req, refuse, log)),
     }
@@ -151,7 +157,10 @@ async fn logged(
         bytes_in,
         ..Outcome::default()
     };
-    let resp = route(&shared, &conn, req, refuse, &mut outcome).await;
+    let resp = match dispatch(&shared, &conn, req, refuse) {
+        Err(answer) => answer,
+        Ok(fwd) => forward(&shared, &conn, fwd, &mut outcome).await,
+    };
     let record = pending.record();
     record.status = resp.status().as_u16();
     record.upstream = outcome.upstream;
@@ -169,13 +178,25 @@ async fn logged(
 /// Where ACME HTTP-01 validators ask for a token.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
-async fn route(
-    shared: &Arc<Shared>,
+/// A request that routing sent to a pool.
+struct Forward {
+    req: Request<Incoming>,
+    route: Arc<Route>,
+    pool: Arc<Pool>,
+}
+
+/// Everything decided before a request leaves this node: `Err` is the answer given here
+/// (refused framing, ACME token, no host, no route, redirect, empty pool, body too large).
+#[expect(
+    clippy::result_large_err,
+    reason = "the Err is the response itself, moved once; boxing it would add an allocation"
+)]
+fn dispatch(
+    shared: &Shared,
     conn: &ConnInfo,
     req: Request<Incoming>,
     refuse: Option<&'static str>,
-    outcome: &mut Outcome,
-) -> Response<RespBody> {
+) -> Result<Forward, Response<RespBody>> {
     if let Some(why) = refuse.or_else(|| ambiguous_framing(&req)) {
         // The connection closes after the answer: where this request's body ends is
         // exactly what is in doubt.
@@ -185,7 +206,7 @@ async fn route(
         let mut r = local(StatusCode::BAD_REQUEST, format!("{why}\n"));
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return Err(r);
     }
     // A token of an order in progress: answered here, for any host (the validator may reach
     // any node). Unknown tokens go to the route like any request.
@@ -193,7 +214,7 @@ async fn route(
         if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
             if let Some(answer) = shared.acme_tokens.load().get(token) {
                 shared.metrics.unrouted(200);
-                return local(StatusCode::OK, answer.clone());
+                return Err(local(StatusCode::OK, answer.clone()));
             }
         }
     }
@@ -204,17 +225,23 @@ async fn route(
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
     let Some(host) = raw_host.and_then(normalize_host) else {
         shared.metrics.unrouted(400);
-        return local(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
+        return Err(local(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Host header\n",
+        ));
     };
     let table = shared.table.load();
     let Some(route) = table.router.find(&host, req.uri().path()) else {
         shared.metrics.unrouted(404);
-        return local(StatusCode::NOT_FOUND, format!("no route for host {host}\n"));
+        return Err(local(
+            StatusCode::NOT_FOUND,
+            format!("no route for host {host}\n"),
+        ));
     };
     if !conn.tls && route.redirect_https {
         if let Some(port) = table.https_port.filter(|_| shared.certs.covers(&host)) {
             shared.metrics.unrouted(308);
-            return redirect(&host, port, req.uri());
+            return Err(redirect(&host, port, req.uri()));
         }
     }
     let pool = table.pools.get(&route.pool).cloned();
@@ -222,28 +249,19 @@ async fn route(
     drop(table);
     let Some(pool) = pool.filter(|p| !p.is_empty()) else {
         shared.metrics.unrouted(503);
-        return local(
+        return Err(local(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no running tasks for service {}\n", route.pool),
-        );
+        ));
     };
     if let Some(limit) = route.max_body_bytes {
         let declared = req.body().size_hint().exact();
         if declared.is_some_and(|n| n > limit) {
             pool.metrics.response(413);
-            return too_large(limit);
+            return Err(too_large(limit));
         }
     }
-    let mut resp = forward(shared, conn, &pool, &route, req, outcome).await;
-    if conn.tls {
-        if let Some(v) = &route.hsts {
-            resp.headers_mut()
-                .entry(header::STRICT_TRANSPORT_SECURITY)
-                .or_insert_with(|| v.clone());
-        }
-    }
-    pool.metrics.response(resp.status().as_u16());
-    resp
+    Ok(Forward { req, route, pool })
 }
 
 fn too_large(limit: u64) -> Response<RespBody> {
@@ -257,20 +275,25 @@ fn too_large(limit: u64) -> Response<RespBody> {
     r
 }
 
+/// Sends a routed request to an endpoint of its pool (to another one when the first refuses
+/// the connection), or answers 502/504/413 itself.
 async fn forward(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    pool: &Pool,
-    route: &Route,
-    mut req: Request<Incoming>,
+    fwd: Forward,
     outcome: &mut Outcome,
 ) -> Response<RespBody> {
+    let Forward {
+        mut req,
+        route,
+        pool,
+    } = fwd;
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need the header. (A
-        // request with neither was refused by `route`.)
+        // request with neither was refused by `dispatch`.)
         if let Some(v) = parts
             .uri
             .authority()
@@ -297,92 +320,103 @@ async fn forward(
         .limit(route.max_body_bytes)
         .report_to(outcome.bytes_in.take());
     let mut req = Request::from_parts(parts, Either::Left(body));
-
-    // A connection is made (or taken from the pool) before anything is sent, so a refused
-    // connection leaves the request intact: it is tried once more on another endpoint, whatever
-    // its method. A pooled connection the server closed meanwhile hands the request back too.
-    let s = &shared.settings;
-    let mut exclude = None;
-    let mut connect_failures = 0;
-    let mut timed_out = false;
-    while let Some(ep) = pool.pick(now_ms(), exclude) {
-        let mut upstream = match upstream::checkout(
-            ep.addr,
-            s.connect_timeout,
-            s.upstream_idle_timeout,
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let ms = ep.eject(now_ms());
-                pool.metrics.ejections.inc();
-                pool.metrics.errors.inc();
-                timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-                if timed_out {
-                    pool.metrics.timeouts.inc();
-                }
-                warn!(pool = %pool.name, endpoint = %ep.addr, eject_ms = ms, error = %e, "upstream connect failed; endpoint ejected");
-                connect_failures += 1;
-                if connect_failures == 2 {
-                    break;
-                }
-                exclude = Some(ep.addr);
-                continue;
-            }
-        };
-        let in_flight = ep.begin();
-        let started = tokio::time::Instant::now();
-        outcome.upstream = Some(ep.addr);
-        let head_deadline = {
-            let d = started + s.response_timeout;
-            deadline.map_or(d, |r| r.min(d))
-        };
-        let sent = upstream.send(req, head_deadline).await;
-        let took = started.elapsed();
-        outcome.upstream_time = Some(took);
-        let Some(sent) = sent else {
-            pool.metrics.timeouts.inc();
-            pool.metrics.errors.inc();
-            warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = took.as_millis() as u64, "upstream sent no response head in time");
-            return local(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("upstream of service {} did not answer in time\n", pool.name),
-            );
-        };
-        match sent {
-            Ok(resp) => {
-                pool.metrics.latency.observe(took.as_secs_f64());
-                ep.mark_success();
-                return respond(shared, resp, upgrade, in_flight, upstream, deadline);
-            }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if upstream.reused => {
-                    debug!(endpoint = %ep.addr, error = %e.error(), "pooled upstream connection was closed; retrying");
-                    req = unsent;
-                }
-                _ => {
-                    if let Some(Cut::TooLarge(limit)) = Cut::find(e.error()) {
-                        debug!(pool = %pool.name, limit, "request body over the route's limit; cut");
-                        return too_large(*limit);
-                    }
+    let mut resp = 'answer: {
+        // A connection is made (or taken from the pool) before anything is sent, so a
+        // refused connection leaves the request intact: it is tried once more on another
+        // endpoint, whatever its method. A pooled connection the server closed meanwhile
+        // hands the request back too.
+        let s = &shared.settings;
+        let mut exclude = None;
+        let mut connect_failures = 0;
+        let mut timed_out = false;
+        while let Some(ep) = pool.pick(now_ms(), exclude) {
+            let mut upstream = match upstream::checkout(
+                ep.addr,
+                s.connect_timeout,
+                s.upstream_idle_timeout,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let ms = ep.eject(now_ms());
+                    pool.metrics.ejections.inc();
                     pool.metrics.errors.inc();
-                    warn!(pool = %pool.name, endpoint = %ep.addr, error = %source_chain(e.error()), "upstream request failed");
-                    break;
+                    timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                    if timed_out {
+                        pool.metrics.timeouts.inc();
+                    }
+                    warn!(pool = %pool.name, endpoint = %ep.addr, eject_ms = ms, error = %e, "upstream connect failed; endpoint ejected");
+                    connect_failures += 1;
+                    if connect_failures == 2 {
+                        break;
+                    }
+                    exclude = Some(ep.addr);
+                    continue;
                 }
-            },
+            };
+            let in_flight = ep.begin();
+            let started = tokio::time::Instant::now();
+            outcome.upstream = Some(ep.addr);
+            let head_deadline = {
+                let d = started + s.response_timeout;
+                deadline.map_or(d, |r| r.min(d))
+            };
+            let sent = upstream.send(req, head_deadline).await;
+            let took = started.elapsed();
+            outcome.upstream_time = Some(took);
+            let Some(sent) = sent else {
+                pool.metrics.timeouts.inc();
+                pool.metrics.errors.inc();
+                warn!(pool = %pool.name, endpoint = %ep.addr, timeout_ms = took.as_millis() as u64, "upstream sent no response head in time");
+                break 'answer local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("upstream of service {} did not answer in time\n", pool.name),
+                );
+            };
+            match sent {
+                Ok(resp) => {
+                    pool.metrics.latency.observe(took.as_secs_f64());
+                    ep.mark_success();
+                    break 'answer respond(shared, resp, upgrade, in_flight, upstream, deadline);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if upstream.reused => {
+                        debug!(endpoint = %ep.addr, error = %e.error(), "pooled upstream connection was closed; retrying");
+                        req = unsent;
+                    }
+                    _ => {
+                        if let Some(Cut::TooLarge(limit)) = Cut::find(e.error()) {
+                            debug!(pool = %pool.name, limit, "request body over the route's limit; cut");
+                            break 'answer too_large(*limit);
+                        }
+                        pool.metrics.errors.inc();
+                        warn!(pool = %pool.name, endpoint = %ep.addr, error = %source_chain(e.error()), "upstream request failed");
+                        break;
+                    }
+                },
+            }
+        }
+        if timed_out {
+            break 'answer local(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("upstream of service {} did not accept in time\n", pool.name),
+            );
+        }
+        local(
+            StatusCode::BAD_GATEWAY,
+            format!("upstream of service {} unreachable\n", pool.name),
+        )
+    };
+    if conn.tls {
+        if let Some(v) = &route.hsts {
+            resp.headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| v.clone());
         }
     }
-    if timed_out {
-        return local(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("upstream of service {} did not accept in time\n", pool.name),
-        );
-    }
-    local(
-        StatusCode::BAD_GATEWAY,
-        format!("upstream of service {} unreachable\n", pool.name),
-    )
+    pool.metrics.response(resp.status().as_u16());
+    resp
 }
 
 /// Request smuggling vectors (RFC 9112 §6.1-6.3): framing an HTTP/1.1 upstream might read
