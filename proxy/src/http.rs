@@ -181,6 +181,8 @@ const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 /// A request that routing sent to a pool.
 struct Forward {
     req: Request<Incoming>,
+    /// The request's `Host` field, looked up once here for `forward` too.
+    host_field: Option<HeaderValue>,
     route: Arc<Route>,
     pool: Arc<Pool>,
 }
@@ -218,11 +220,12 @@ fn dispatch(
             }
         }
     }
+    let host_field = req.headers().get(header::HOST);
     let raw_host = req
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+        .or_else(|| host_field?.to_str().ok());
     let Some(host) = raw_host.and_then(normalize_host) else {
         shared.metrics.unrouted(400);
         return Err(local(
@@ -261,7 +264,13 @@ fn dispatch(
             return Err(too_large(limit));
         }
     }
-    Ok(Forward { req, route, pool })
+    let host_field = host_field.cloned();
+    Ok(Forward {
+        req,
+        host_field,
+        route,
+        pool,
+    })
 }
 
 fn too_large(limit: u64) -> Response<RespBody> {
@@ -285,24 +294,20 @@ async fn forward(
 ) -> Response<RespBody> {
     let Forward {
         mut req,
+        host_field,
         route,
         pool,
     } = fwd;
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need the header. (A
-        // request with neither was refused by `dispatch`.)
-        if let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    let orig_host = parts.headers.get(header::HOST).cloned();
+    // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need the header. (A request
+    // with neither was refused by `dispatch`.)
+    let orig_host = host_field.or_else(|| {
+        let v = HeaderValue::from_str(parts.uri.authority()?.as_str()).ok()?;
+        parts.headers.insert(header::HOST, v.clone());
+        Some(v)
+    });
     strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     set_forwarded(&mut parts.headers, conn, orig_host);
     // Origin-form (`/path?query`): what an origin server expects on HTTP/1.1 (RFC 9112

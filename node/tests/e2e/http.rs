@@ -24,8 +24,10 @@ async fn tls_http1_and_http2_with_local_ca() {
     let (v, code, body) = tls_get(https, "app.test", &ca, true, "/b/two").await;
     assert_eq!((v, code), (hyper::Version::HTTP_2, 200));
     assert!(body.starts_with("b GET /b/two\n"), "{body}");
-    // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream still gets a Host header.
-    assert!(body.contains("host: app.test"), "{body}");
+    // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream still gets a Host header,
+    // and X-Forwarded-Host from it.
+    assert!(body.contains("\nhost: app.test\n"), "{body}");
+    assert!(body.contains("\nx-forwarded-host: app.test\n"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
