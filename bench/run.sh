@@ -25,5 +25,5 @@ export PATH="$PATH:/usr/sbin"
 [ "$(nproc --all)" -ge 2 ] || { echo "needs 2 CPUs"; exit 1; }
 
 cargo build --release -q -p edgemesh-node
-cargo build --release -q -p edgemesh-proxy --example hyper_floor
+cargo build --release -q -p edgemesh-proxy --example hyper_floor --example tls_load
 exec python3 bench/proxies.py
