@@ -76,29 +76,21 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// connection's lifetime, and a pointer is what an idle connection should hold.
 pub type Exchange = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
 
-/// `refuse`: why the connection's framing guard refuses this request (ambiguous framing
-/// hyper settled silently), if it does.
-///
 /// A request that is not logged gets a future of its own type: the logged path's state (the
 /// record, about 200 bytes) would otherwise be part of every exchange's future, and be
 /// copied with it.
-pub fn handle(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-    refuse: Option<&'static str>,
-) -> Exchange {
+pub fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Exchange {
     match shared.access_log.load_full().filter(|l| l.sampled()) {
         // `dispatch` then `forward`, not one async fn calling the other: a callee's future is
         // copied whole into its caller's, and this saves one such copy (callgrind: 123 of
         // 140 instructions saved per request were memcpy).
         None => Box::pin(async move {
-            Ok(match dispatch(&shared, &conn, req, refuse) {
+            Ok(match dispatch(&shared, &conn, req) {
                 Err(answer) => answer,
                 Ok(fwd) => forward(&shared, &conn, fwd, &mut Outcome::default()).await,
             })
         }),
-        Some(log) => Box::pin(logged(shared, conn, req, refuse, log)),
+        Some(log) => Box::pin(logged(shared, conn, req, log)),
     }
 }
 
@@ -106,7 +98,6 @@ async fn logged(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-    refuse: Option<&'static str>,
     log: Arc<AccessLog>,
 ) -> Result<Response<RespBody>, Infallible> {
     // One pass over the fields rather than a hashed lookup for each.
@@ -157,7 +148,7 @@ async fn logged(
         bytes_in,
         ..Outcome::default()
     };
-    let resp = match dispatch(&shared, &conn, req, refuse) {
+    let resp = match dispatch(&shared, &conn, req) {
         Err(answer) => answer,
         Ok(fwd) => forward(&shared, &conn, fwd, &mut outcome).await,
     };
@@ -197,9 +188,15 @@ fn dispatch(
     shared: &Shared,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    refuse: Option<&'static str>,
 ) -> Result<Forward, Response<RespBody>> {
-    if let Some(why) = refuse.or_else(|| ambiguous_framing(&req)) {
+    // HTTP/1: hyper refuses what it cannot frame and marks what it settled (vendored hyper,
+    // PATCHES.md); HTTP/2 requests are checked here.
+    let refuse = match req.extensions().get::<hyper::ext::AmbiguousFraming>() {
+        Some(a) => Some(a.reason()),
+        None if req.version() == Version::HTTP_2 => ambiguous_framing(&req),
+        None => None,
+    };
+    if let Some(why) = refuse {
         // The connection closes after the answer: where this request's body ends is
         // exactly what is in doubt.
         shared.metrics.bad_request();
@@ -426,9 +423,10 @@ async fn forward(
 
 /// Request smuggling vectors (RFC 9112 §6.1-6.3): framing an HTTP/1.1 upstream might read
 /// otherwise than this proxy. `Transfer-Encoding` with `Content-Length`, or `Content-Length`
-/// repeated or not a plain number. hyper's HTTP/1 parser refuses or settles these (and
-/// obsolete line folding, and `Transfer-Encoding` in HTTP/1.0) before a request gets here;
-/// an HTTP/2 request is forwarded as HTTP/1.1 and its `content-length` fields are checked here.
+/// repeated or not a plain number. hyper's HTTP/1 parser refuses these (and obsolete line
+/// folding, and `Transfer-Encoding` in HTTP/1.0) or, where RFC 9112 lets it settle them, marks
+/// the request with `hyper::ext::AmbiguousFraming`; an HTTP/2 request is forwarded as
+/// HTTP/1.1 and its `content-length` fields are checked here.
 fn ambiguous_framing<B>(req: &Request<B>) -> Option<&'static str> {
     let h = req.headers();
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();

@@ -9,7 +9,6 @@
 
 mod access_log;
 mod body;
-mod framing;
 mod health;
 mod http;
 pub mod metrics;

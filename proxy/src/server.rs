@@ -27,7 +27,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use crate::access_log::{AccessLog, AccessLogSpec};
-use crate::framing;
 use crate::health;
 use crate::http::{self, ConnInfo};
 use crate::metrics::{Direction, Metrics};
@@ -575,14 +574,9 @@ where
 {
     let svc_shared = shared.clone();
     let peer = info.peer;
-    // The bytes hyper reads pass a smuggling guard first (see `framing`).
-    let (io, verdict) = framing::Scanned::new(io);
     // `http::handle` boxes each exchange's future (see `http::Exchange`).
     let info = Arc::new(info);
-    let svc = service_fn(move |req| {
-        let refuse = verdict.next_request();
-        http::handle(svc_shared.clone(), info.clone(), req, refuse)
-    });
+    let svc = service_fn(move |req| http::handle(svc_shared.clone(), info.clone(), req));
     let conn = shared
         .http
         .serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -130,9 +130,10 @@ async fn metrics(node: &harness::Node) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
     let (node, up) = start("upstream_response_timeout_secs = 1").await;
-    // The last three are settled silently by hyper (Content-Length dropped, or merged) and
-    // caught by the proxy's framing guard; the others hyper refuses itself. A harmless request
-    // first on the same connection shows the guard refuses the right one.
+    // The last three hyper settles (Content-Length dropped, or merged) and marks on the
+    // request (vendored hyper's `AmbiguousFraming`), and the proxy refuses them; the others
+    // hyper refuses itself. A harmless request first on the same connection shows the right
+    // one is refused.
     let vectors: [&[u8]; 7] = [
         b"POST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         b"POST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: +5\r\n\r\nhello",
@@ -163,7 +164,7 @@ async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
         0,
         "a smuggling vector reached the upstream"
     );
-    // The guard refuses the second request of a connection whose first was fine.
+    // The second request of a connection whose first was fine is refused, the first served.
     let out = raw_exchange(
         node.addr("http"),
         b"GET / HTTP/1.1\r\nHost: ok.test\r\n\r\nPOST / HTTP/1.1\r\nHost: silent.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -262,6 +262,10 @@ impl Http1Transaction for Server {
 
         let mut headers = ctx.cached_headers.take().unwrap_or_default();
         let mut saw_connection_close = false;
+        // edgemesh patch: framing settled here rather than refused is reported to the service
+        // (`crate::ext::AmbiguousFraming`), which may refuse it: a peer that framed the
+        // message otherwise may have been the target of request smuggling.
+        let mut ambiguous = None;
 
         headers.reserve(headers_len);
 
@@ -308,6 +312,7 @@ impl Http1Transaction for Server {
                             return Err(Parse::content_length_invalid());
                         }
                         // we don't need to append this secondary length
+                        ambiguous = Some("more than one Content-Length");
                         continue;
                     }
                     decoder = DecodedLength::checked_new(len)?;
@@ -358,9 +363,14 @@ impl Http1Transaction for Server {
 
         if is_te && is_cl {
             keep_alive = false;
+            ambiguous = Some("both Transfer-Encoding and Content-Length");
         }
 
         let mut extensions = http::Extensions::default();
+
+        if let Some(why) = ambiguous {
+            extensions.insert(crate::ext::AmbiguousFraming(why));
+        }
 
         if let Some(header_case_map) = header_case_map {
             extensions.insert(header_case_map);
@@ -2156,6 +2166,34 @@ mod tests {
             .decode,
             DecodedLength::new(10)
         );
+
+        // edgemesh patch: what was settled is reported, and only then.
+        let framing = |s: &str| {
+            parse(s)
+                .head
+                .extensions
+                .get::<crate::ext::AmbiguousFraming>()
+                .map(|a| a.reason())
+        };
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\ncontent-length: 10\r\ncontent-length: 10\r\n\r\n"),
+            Some("more than one Content-Length")
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Some("both Transfer-Encoding and Content-Length")
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n"),
+            Some("both Transfer-Encoding and Content-Length")
+        );
+        for plain in [
+            "POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+        ] {
+            assert_eq!(framing(plain), None, "{plain:?}");
+        }
 
         // multiple content-lengths with different values is an error
         parse_err(
