@@ -98,7 +98,7 @@ async fn one(
     name: &ServerName<'static>,
     request: &[u8],
     buf: &mut Vec<u8>,
-) -> Result<(Duration, String), String> {
+) -> Result<(Duration, Option<rustls::CipherSuite>), String> {
     let start = Instant::now();
     let tcp = TcpStream::connect(addr)
         .await
@@ -108,11 +108,7 @@ async fn one(
         .connect(name.clone(), tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let suite = tls
-        .get_ref()
-        .1
-        .negotiated_cipher_suite()
-        .map_or_else(|| "none".to_owned(), |s| format!("{:?}", s.suite()));
+    let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
     tls.write_all(request)
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -135,7 +131,16 @@ struct Tally {
     lives: Vec<Duration>,
     errors: u64,
     first_error: Option<String>,
-    suite: Option<String>,
+    suite: Option<rustls::CipherSuite>,
+}
+
+impl Tally {
+    fn merge(&mut self, mut other: Tally) {
+        self.lives.append(&mut other.lives);
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.suite = self.suite.or(other.suite);
+    }
 }
 
 fn main() {
@@ -167,15 +172,9 @@ fn main() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let tally = runtime.block_on(async {
-        let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..conns {
-            let (connector, name, request, tally) = (
-                connector.clone(),
-                name.clone(),
-                request.clone(),
-                tally.clone(),
-            );
+            let (connector, name, request) = (connector.clone(), name.clone(), request.clone());
             tasks.spawn(async move {
                 let mut buf = Vec::with_capacity(1024);
                 let mut mine = Tally::default();
@@ -183,7 +182,7 @@ fn main() {
                     match one(addr, &connector, &name, &request, &mut buf).await {
                         Ok((life, suite)) => {
                             mine.lives.push(life);
-                            mine.suite.get_or_insert(suite);
+                            mine.suite = mine.suite.or(suite);
                         }
                         Err(e) => {
                             mine.errors += 1;
@@ -193,23 +192,14 @@ fn main() {
                         }
                     }
                 }
-                let mut all = tally.lock().expect("not poisoned");
-                all.lives.append(&mut mine.lives);
-                all.errors += mine.errors;
-                if all.first_error.is_none() {
-                    all.first_error = mine.first_error;
-                }
-                if all.suite.is_none() {
-                    all.suite = mine.suite;
-                }
+                mine
             });
         }
-        while tasks.join_next().await.is_some() {}
-        Arc::try_unwrap(tally)
-            .ok()
-            .expect("every task is done")
-            .into_inner()
-            .expect("not poisoned")
+        let mut all = Tally::default();
+        while let Some(done) = tasks.join_next().await {
+            all.merge(done.unwrap_or_else(|e| fail("task", "", &e)));
+        }
+        all
     });
     let elapsed = started.elapsed().as_secs_f64();
     let mut lives = tally.lives;
@@ -228,7 +218,7 @@ fn main() {
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
             "first_error": tally.first_error,
-            "suite": tally.suite,
+            "suite": tally.suite.map(|s| format!("{s:?}")),
         })
     );
 }
