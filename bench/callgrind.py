@@ -136,7 +136,7 @@ endpoints = ["127.0.0.1:{P.BACKEND}"]
                                      f"127.0.0.1:{P.BACKEND}"], floor_port)
         print(f"hyper with nothing on top (proxy/examples/hyper_floor.rs): {f:,.0f} "
               f"(edgemesh is {e / f:.2f}x that, nginx {n / f:.2f}x)")
-        # The release build inlines most of the data path into a few functions (thin LTO), so
+        # The release build inlines most of the data path into a few functions (fat LTO), so
         # the per-function split is coarse; the file is there for callgrind_annotate.
         print(f"edgemesh's profile of the load phase: {e_out}")
     finally:
