@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 // The allocator edgemesh runs with.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: edgemesh_proxy::Mimalloc = edgemesh_proxy::Mimalloc;
 
 type Upstream = Arc<Mutex<Option<client::SendRequest<Incoming>>>>;
 

@@ -8,6 +8,7 @@
 //! until one side closes.
 
 mod access_log;
+mod alloc;
 mod body;
 mod health;
 mod http;
@@ -23,6 +24,7 @@ mod upstream;
 mod workers;
 
 pub use access_log::{AccessLogSpec, LogFormat};
+pub use alloc::Mimalloc;
 pub use health::{CheckKind, HealthCheckSpec};
 pub use metrics::Metrics;
 pub use pool::{Balance, EndpointSpec, EndpointStatus, PoolSpec, PoolStatus};

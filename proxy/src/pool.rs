@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
@@ -24,10 +23,32 @@ const EJECT_BASE_MS: u64 = 1_000;
 /// Upper bound of one ejection.
 const EJECT_MAX_MS: u64 = 30_000;
 
-/// Milliseconds on a monotonic process clock; the unit of every deadline in this module.
+/// Milliseconds on a monotonic clock, never 0; the unit of every deadline in this module
+/// (ejections, idle upstream connections, TCP idle timeouts: none finer than a second).
+///
+/// On Linux the coarse clock: the kernel's last tick (1-4 ms old), read from the vDSO
+/// without the TSC. Several reads per proxied request took about 250 instructions as
+/// `Instant`s with `Duration` arithmetic (callgrind).
+#[cfg(target_os = "linux")]
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC_COARSE exists since
+    // Linux 2.6.32, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn now_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -24,6 +24,7 @@ use tokio::time::{Instant as TokioInstant, Sleep};
 use tracing::debug;
 
 use crate::http::ReqBody;
+use crate::pool::now_ms;
 use crate::server::set_keepalive;
 
 /// Idle connections kept per endpoint and worker; more are closed when returned.
@@ -31,7 +32,8 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 struct Idle {
     sender: SendRequest<ReqBody>,
-    since: Instant,
+    /// [`now_ms`] when returned to the pool.
+    since_ms: u64,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -57,7 +59,8 @@ pub async fn checkout(
     idle_timeout: Duration,
 ) -> io::Result<Conn> {
     while let Some(mut idle) = pop(addr) {
-        if idle.since.elapsed() > idle_timeout || idle.sender.is_closed() {
+        let idle_ms = now_ms().saturating_sub(idle.since_ms);
+        if u128::from(idle_ms) > idle_timeout.as_millis() || idle.sender.is_closed() {
             continue;
         }
         // The previous exchange ended (the body was dropped); the connection task may not
@@ -150,7 +153,7 @@ impl Conn {
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
                 idle.push(Idle {
                     sender: self.sender,
-                    since: Instant::now(),
+                    since_ms: now_ms(),
                     timer: self.timer,
                 });
             }
@@ -164,6 +167,7 @@ mod tests {
     use bytes::Bytes;
     use http::StatusCode;
     use http_body_util::{Either, Empty};
+    use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Answers each request head on a connection in turn: `/slow` after 400 ms, anything

@@ -14,9 +14,10 @@ use edgemesh_node::{config, demo, logging};
 /// frames) from per-thread free lists; glibc's malloc took its slow path once more than a
 /// handful were in flight (BENCHMARKS.md). Built with `no_thp`: with transparent huge pages
 /// its arenas cost 28 MiB of resident memory idle instead of 15, and 32 KiB per idle
-/// keep-alive connection instead of 21.
+/// keep-alive connection instead of 21. Entered through its plain functions where the
+/// alignment allows (`edgemesh_proxy::Mimalloc`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: edgemesh_proxy::Mimalloc = edgemesh_proxy::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "edgemesh", version, about = "Edge proxy mesh for ECS services")]
