@@ -145,18 +145,45 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
-    {
+    // One pass and one table lookup per byte: testing each byte against the punctuation
+    // list, then again for upper case, took about 200 instructions per request (callgrind).
+    let mut seen = 0u8;
+    for b in host.bytes() {
+        seen |= HOST_BYTE[b as usize];
+    }
+    if host.is_empty() || seen & INVALID != 0 {
         return None;
     }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if seen & UPPER != 0 {
         return Some(Cow::Owned(host.to_ascii_lowercase()));
     }
     Some(Cow::Borrowed(host))
 }
+
+const INVALID: u8 = 1;
+const UPPER: u8 = 2;
+
+/// What each byte is in a host name: letters, digits and `-._[]:` are valid.
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            t[b] = 0;
+        } else if c.is_ascii_uppercase() {
+            t[b] = UPPER;
+        }
+        b += 1;
+    }
+    let mut i = 0;
+    let punct = b"-._[]:";
+    while i < punct.len() {
+        t[punct[i] as usize] = 0;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
@@ -220,5 +247,19 @@ mod tests {
         assert_eq!(normalize_host(""), None);
         assert_eq!(normalize_host("bad host"), None);
         assert_eq!(normalize_host("a/b"), None);
+        assert_eq!(normalize_host("Bad Host"), None);
+        assert_eq!(normalize_host("caf\u{e9}.example"), None);
+        assert_eq!(normalize_host("a\u{0}b"), None);
+        assert_eq!(
+            normalize_host("A-Z_0.9:80").as_deref(),
+            Some("a-z_0.9"),
+            "every valid class of byte, one of them upper case"
+        );
+        // Every byte outside letters, digits and `-._[]:` is refused, alone or in a name.
+        for b in 0..=255u8 {
+            let valid = b.is_ascii_alphanumeric() || b"-._[]:".contains(&b);
+            let name = format!("a{}b.example", b as char);
+            assert_eq!(normalize_host(&name).is_some(), valid, "byte {b:#04x}");
+        }
     }
 }
