@@ -26,7 +26,7 @@ const EJECT_MAX_MS: u64 = 30_000;
 /// Milliseconds on a monotonic clock, never 0; the unit of every deadline in this module
 /// (ejections, idle upstream connections, TCP idle timeouts: none finer than a second).
 ///
-/// On Linux the coarse clock: the kernel's last tick (1-4 ms old), read from the vDSO
+/// On Linux the coarse clock: the kernel's last tick (at most 10 ms old), read from the vDSO
 /// without the TSC. Several reads per proxied request took about 250 instructions as
 /// `Instant`s with `Duration` arithmetic (callgrind).
 #[cfg(target_os = "linux")]
