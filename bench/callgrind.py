@@ -39,7 +39,7 @@ def count(name, argv, port, env=None):
         if f.startswith(f"callgrind.{name}"):
             os.remove(os.path.join(P.OUT, f))
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                             "--dump-instr=no", *CACHE_SIM, *argv],
+                             "--dump-instr=" + ("yes" if os.environ.get("DUMP_INSTR") else "no"), *CACHE_SIM, *argv],
                             env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
