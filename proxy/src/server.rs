@@ -592,6 +592,11 @@ where
     let flag = Arc::new(WakeFlag::default());
     let flag_waker = Waker::from(flag.clone());
     let mut changed = std::pin::pin!(drain.changed());
+    // The task's waker is registered with the flag only when it is not there yet (first
+    // poll, and after the flag woke the task, which takes it) or changed: registering on
+    // every poll, and swapping the flag when it was clear, cost six locked instructions
+    // per proxied request (`lock`-prefixed instructions executed, counted with callgrind).
+    let mut registered: Option<Waker> = None;
     let result = std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(r);
@@ -599,10 +604,15 @@ where
         if !watching {
             return Poll::Pending;
         }
-        flag.task.register(cx.waker());
-        if !flag.set.swap(false, Ordering::Acquire) {
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            flag.task.register(cx.waker());
+            registered = Some(cx.waker().clone());
+        }
+        if !flag.set.load(Ordering::Acquire) || !flag.set.swap(false, Ordering::Acquire) {
             return Poll::Pending;
         }
+        // Waking took the waker out of the flag: register again on the next poll.
+        registered = None;
         match changed.as_mut().poll(&mut Context::from_waker(&flag_waker)) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => {
