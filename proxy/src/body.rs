@@ -168,18 +168,21 @@ where
     }
 }
 
-/// A stream wrapper for raw TCP relaying: counts bytes read into a shared counter (streams
-/// may live for days, so counts are published as they happen) and stamps the last activity.
-pub struct Counted<S> {
+/// A stream wrapper for raw TCP relaying through buffers (where `splice` is not available):
+/// counts bytes read into a shared counter (streams may live for days, so counts are
+/// published as they happen) and stamps the last activity.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+pub struct Counted<'a, S> {
     inner: S,
     counter: Counter,
-    last_activity: Arc<AtomicU64>,
+    last_activity: &'a AtomicU64,
     /// Bytes read so far.
     pub total: u64,
 }
 
-impl<S> Counted<S> {
-    pub fn new(inner: S, counter: Counter, last_activity: Arc<AtomicU64>) -> Self {
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+impl<'a, S> Counted<'a, S> {
+    pub fn new(inner: S, counter: Counter, last_activity: &'a AtomicU64) -> Self {
         Counted {
             inner,
             counter,
@@ -189,7 +192,7 @@ impl<S> Counted<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -207,7 +210,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -17,6 +17,8 @@ pub mod pool;
 mod proxy_protocol;
 pub mod route;
 mod server;
+#[cfg(target_os = "linux")]
+mod splice;
 mod table;
 mod tcp;
 pub mod tls;

@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::access_log::{Record, TcpRecord};
-use crate::body::Counted;
 use crate::pool::now_ms;
 use crate::proxy_protocol;
 use crate::server::{set_keepalive, Shared};
@@ -131,10 +130,9 @@ async fn relay(shared: &Shared, conn: TcpConn) -> Session {
         }
     }
 
-    let activity = Arc::new(AtomicU64::new(now_ms()));
-    let mut c = Counted::new(client, shared.bytes_up.clone(), activity.clone());
-    let mut u = Counted::new(up, shared.bytes_down.clone(), activity.clone());
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 64 * 1024, 64 * 1024);
+    let activity = AtomicU64::new(now_ms());
+    let (to_up, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+    let copy = copy_both_ways(shared, client, up, [&to_up, &to_client], &activity);
     let result = match idle_timeout {
         None => Some(copy.await),
         Some(idle) => {
@@ -144,12 +142,13 @@ async fn relay(shared: &Shared, conn: TcpConn) -> Session {
             }
         }
     };
+    let (to_up, to_client) = (to_up.into_inner(), to_client.into_inner());
     match result {
         None => {
             debug!(%listener, %peer, "TCP stream idle; closing");
             session.error = Some("idle timeout".into());
         }
-        Some(Ok((to_up, to_client))) => {
+        Some(Ok(())) => {
             debug!(%listener, %peer, endpoint = %ep.addr, to_up, to_client, "TCP stream closed")
         }
         Some(Err(e)) => {
@@ -157,9 +156,52 @@ async fn relay(shared: &Shared, conn: TcpConn) -> Session {
             session.error = Some(e.to_string());
         }
     }
-    session.bytes_in = c.total;
-    session.bytes_out = u.total;
+    session.bytes_in = to_up;
+    session.bytes_out = to_client;
     session
+}
+
+/// Relays until both directions ended; `totals` are the bytes read from the client and from
+/// the upstream, kept outside the future so an idle timeout that drops it loses no count.
+async fn copy_both_ways(
+    shared: &Shared,
+    client: TcpStream,
+    up: TcpStream,
+    totals: [&AtomicU64; 2],
+    activity: &AtomicU64,
+) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use crate::splice::{relay, Flow};
+        let up_flow = Flow {
+            counter: &shared.bytes_up,
+            total: totals[0],
+        };
+        let down_flow = Flow {
+            counter: &shared.bytes_down,
+            total: totals[1],
+        };
+        relay(&client, &up, up_flow, down_flow, activity).await
+    }
+    #[cfg(not(target_os = "linux"))]
+    copy_through_buffers(shared, client, up, totals, activity).await
+}
+
+/// Elsewhere than Linux: a read and a write of every byte through a 64 KiB buffer each way.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+async fn copy_through_buffers(
+    shared: &Shared,
+    client: TcpStream,
+    up: TcpStream,
+    totals: [&AtomicU64; 2],
+    activity: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut c = crate::body::Counted::new(client, shared.bytes_up.clone(), activity);
+    let mut u = crate::body::Counted::new(up, shared.bytes_down.clone(), activity);
+    let r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 64 * 1024, 64 * 1024).await;
+    totals[0].store(c.total, Ordering::Relaxed);
+    totals[1].store(u.total, Ordering::Relaxed);
+    r.map(|_| ())
 }
 
 async fn idle_expired(activity: &AtomicU64, idle: Duration) {
