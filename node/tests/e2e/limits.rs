@@ -502,3 +502,109 @@ async fn h2_streams_past_the_limit_are_refused() {
     assert_eq!(pong.last().unwrap().0, 0x6, "{pong:?}");
     assert!(!pong.iter().any(|f| f.0 == 0x7), "GOAWAY: {pong:?}");
 }
+
+/// One HTTP/2 HEADERS frame (END_HEADERS, and END_STREAM when `end`) for `stream`, whose
+/// block is `:method`, `:scheme http`, `:path /`, `:authority host`, then `fields` as
+/// HPACK literals without indexing of a static-table name (index, value).
+fn h2_headers(stream: u32, post: bool, host: &str, fields: &[(u8, &str)], end: bool) -> Vec<u8> {
+    // :method POST (0x83) or GET (0x82), :scheme http (0x86), :path / (0x84), :authority
+    // as a literal with an indexed name (0x41).
+    let mut block = vec![
+        if post { 0x83 } else { 0x82 },
+        0x86,
+        0x84,
+        0x41,
+        host.len() as u8,
+    ];
+    block.extend(host.as_bytes());
+    for (index, value) in fields {
+        // Literal without indexing, name index >= 15: 0x0f then the index less 15.
+        block.extend([0x0f, index - 15, value.len() as u8]);
+        block.extend(value.as_bytes());
+    }
+    let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([0x1, if end { 0x5 } else { 0x4 }]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(block);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_requests_with_repeated_content_lengths_never_reach_the_upstream() {
+    let (node, up) = start("").await;
+    // HTTP/2 carries no Transfer-Encoding (the h2 layer refuses it), but a request can carry
+    // content-length twice; forwarded as HTTP/1.1 it would frame the body two ways. The h2
+    // layer resets a stream whose lengths differ; equal ones reach edgemesh, which answers
+    // 400. Other streams of the connection are served meanwhile.
+    let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        h2_frames_until(&mut s, |t, _| t == 0x4),
+    )
+    .await
+    .unwrap();
+    s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(); // SETTINGS ACK
+                                                           // content-length is static-table entry 28. Each POST's body follows in one DATA frame
+                                                           // with END_STREAM.
+    for (id, lengths) in [(1u32, ["5", "6"]), (3, ["5", "5"])] {
+        let fields = [(28, lengths[0]), (28, lengths[1])];
+        s.write_all(&h2_headers(id, true, "silent.test", &fields, false))
+            .await
+            .unwrap();
+        let mut data = b"\0\0\x05\0\x01".to_vec();
+        data.extend(id.to_be_bytes());
+        data.extend(b"hello");
+        s.write_all(&data).await.unwrap();
+    }
+    s.write_all(&h2_headers(5, false, "ok.test", &[], true))
+        .await
+        .unwrap();
+    // Per stream: the first byte of the response's header block (static-table :status:
+    // 0x88 is 200, 0x8c is 400), its body, and the RST_STREAM code if it was reset.
+    let mut status = std::collections::HashMap::new();
+    let mut bodies: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    let mut reset = std::collections::HashMap::new();
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < 3 {
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            h2_frames_until(&mut s, |t, id| matches!(t, 0x0 | 0x1 | 0x3) && id % 2 == 1),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("streams {ended:?} of 1, 3, 5 ended; then nothing"));
+        assert!(!got.iter().any(|f| f.0 == 0x7), "GOAWAY: {got:?}");
+        let (kind, flags, id, payload) = got.last().cloned().unwrap_or_default();
+        match kind {
+            0x1 => {
+                status.insert(id, payload[0]);
+            }
+            0x0 => bodies.entry(id).or_default().extend(&payload),
+            0x3 => {
+                reset.insert(id, u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            }
+            _ => panic!("the connection ended: {got:?}"),
+        }
+        if kind == 0x3 || flags & 0x1 != 0 {
+            ended.insert(id);
+        }
+    }
+    // Differing lengths: reset by the h2 layer, PROTOCOL_ERROR (1).
+    assert_eq!(reset.get(&1), Some(&1), "stream 1: {reset:?} {status:?}");
+    assert_eq!(status.get(&3), Some(&0x8c), "stream 3: {status:?}");
+    let refused = String::from_utf8_lossy(bodies.get(&3).map_or(&[][..], |b| b));
+    assert!(
+        refused.contains("more than one Content-Length"),
+        "{refused:?}"
+    );
+    assert_eq!(status.get(&5), Some(&0x88), "stream 5: {status:?}");
+    assert_eq!(
+        up.silent_seen.load(Ordering::SeqCst),
+        0,
+        "a request with two lengths reached the upstream"
+    );
+    let m = metrics(&node).await;
+    assert!(m.contains("edgemesh_malformed_requests_total 1\n"), "{m}");
+}
