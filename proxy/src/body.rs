@@ -176,18 +176,23 @@ pub struct Counted<'a, S> {
     inner: S,
     counter: Counter,
     last_activity: &'a AtomicU64,
-    /// Bytes read so far.
-    pub total: u64,
+    /// Bytes read so far, kept outside so that a relay cut short still has its count.
+    total: &'a AtomicU64,
 }
 
 #[cfg_attr(target_os = "linux", allow(dead_code))]
 impl<'a, S> Counted<'a, S> {
-    pub fn new(inner: S, counter: Counter, last_activity: &'a AtomicU64) -> Self {
+    pub fn new(
+        inner: S,
+        counter: Counter,
+        last_activity: &'a AtomicU64,
+        total: &'a AtomicU64,
+    ) -> Self {
         Counted {
             inner,
             counter,
             last_activity,
-            total: 0,
+            total,
         }
     }
 }
@@ -202,7 +207,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
-            self.total += n;
+            self.total.fetch_add(n, Ordering::Relaxed);
             self.counter.inc_by(n);
             self.last_activity.store(now_ms(), Ordering::Relaxed);
         }

@@ -1,6 +1,7 @@
-//! Raw TCP relaying: one client connection, one upstream connection, bytes copied both ways
-//! with half-close preserved (a FIN from one side is passed on while the other direction keeps
-//! flowing). There is no idle timeout unless the listener configures one.
+//! Raw TCP relaying: one client connection, one upstream connection, bytes moved both ways
+//! (inside the kernel on Linux, `splice.rs`) with half-close preserved (a FIN from one side is
+//! passed on while the other direction keeps flowing). There is no idle timeout unless the
+//! listener configures one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,12 +197,12 @@ async fn copy_through_buffers(
     totals: [&AtomicU64; 2],
     activity: &AtomicU64,
 ) -> std::io::Result<()> {
-    let mut c = crate::body::Counted::new(client, shared.bytes_up.clone(), activity);
-    let mut u = crate::body::Counted::new(up, shared.bytes_down.clone(), activity);
-    let r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 64 * 1024, 64 * 1024).await;
-    totals[0].store(c.total, Ordering::Relaxed);
-    totals[1].store(u.total, Ordering::Relaxed);
-    r.map(|_| ())
+    use crate::body::Counted;
+    let mut c = Counted::new(client, shared.bytes_up.clone(), activity, totals[0]);
+    let mut u = Counted::new(up, shared.bytes_down.clone(), activity, totals[1]);
+    tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 64 * 1024, 64 * 1024)
+        .await
+        .map(|_| ())
 }
 
 async fn idle_expired(activity: &AtomicU64, idle: Duration) {
