@@ -156,6 +156,12 @@ async fn one_way(
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
             }) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "splice to the socket moved nothing",
+                    ))
+                }
                 Ok(n) => left -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // `pipe` is dropped, and closed, with the bytes it still holds.

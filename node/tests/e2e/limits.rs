@@ -439,11 +439,9 @@ async fn h2_frames_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_streams_past_the_limit_are_refused() {
-    let (node, up) = start("h2_max_concurrent_streams = 2").await;
-    // HTTP/2 with prior knowledge, frames written by hand: a client that ignores the
-    // server's SETTINGS_MAX_CONCURRENT_STREAMS.
+/// An HTTP/2 connection with prior knowledge, frames written by hand: the preface and an
+/// empty SETTINGS sent, the server's SETTINGS read (its payload is returned) and acknowledged.
+async fn h2_open(node: &harness::Node) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
@@ -454,25 +452,28 @@ async fn h2_streams_past_the_limit_are_refused() {
     )
     .await
     .unwrap();
-    let (_, _, _, payload) = settings.last().unwrap();
+    let payload = settings.last().expect("no SETTINGS").3.clone();
+    s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(); // SETTINGS ACK
+    (s, payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_past_the_limit_are_refused() {
+    let (node, up) = start("h2_max_concurrent_streams = 2").await;
+    // A client that ignores the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    let (mut s, settings) = h2_open(&node).await;
     // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 2 is announced.
     assert!(
-        payload
+        settings
             .chunks(6)
             .any(|c| c[..2] == [0, 3] && c[2..] == [0, 0, 0, 2]),
-        "{payload:?}"
+        "{settings:?}"
     );
-    s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(); // SETTINGS ACK
-                                                           // GET / on silent.test (never answered), streams 1, 3 and 5. HPACK: :method GET (0x82),
-                                                           // :scheme http (0x86), :path / (0x84), :authority literal (0x41).
+    // GET / on silent.test (never answered), streams 1, 3 and 5.
     for id in [1u32, 3, 5] {
-        let mut block = vec![0x82, 0x86, 0x84, 0x41, 11];
-        block.extend(b"silent.test");
-        let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
-        frame.extend([0x1, 0x5]); // HEADERS, END_STREAM | END_HEADERS
-        frame.extend(id.to_be_bytes());
-        frame.extend(block);
-        s.write_all(&frame).await.unwrap();
+        s.write_all(&h2_headers(id, false, "silent.test", &[], true))
+            .await
+            .unwrap();
     }
     let frames = tokio::time::timeout(
         Duration::from_secs(5),
@@ -536,19 +537,9 @@ async fn h2_requests_with_repeated_content_lengths_never_reach_the_upstream() {
     // content-length twice; forwarded as HTTP/1.1 it would frame the body two ways. The h2
     // layer resets a stream whose lengths differ; equal ones reach edgemesh, which answers
     // 400. Other streams of the connection are served meanwhile.
-    let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        h2_frames_until(&mut s, |t, _| t == 0x4),
-    )
-    .await
-    .unwrap();
-    s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(); // SETTINGS ACK
-                                                           // content-length is static-table entry 28. Each POST's body follows in one DATA frame
-                                                           // with END_STREAM.
+    let (mut s, _) = h2_open(&node).await;
+    // content-length is static-table entry 28. Each POST's body follows in one DATA frame
+    // with END_STREAM.
     for (id, lengths) in [(1u32, ["5", "6"]), (3, ["5", "5"])] {
         let fields = [(28, lengths[0]), (28, lengths[1])];
         s.write_all(&h2_headers(id, true, "silent.test", &fields, false))
