@@ -238,7 +238,7 @@ mod tests {
         assert_eq!(up_total.load(Ordering::Relaxed), 5 << 20);
         assert_eq!(down_total.load(Ordering::Relaxed), 3 << 20);
         assert!(activity.load(Ordering::Relaxed) > 0);
-        // Both pipes came back drained, for the next stream.
+        // The pipes came back to the pool, drained, for the next stream.
         assert!(PIPES.with(|p| p.borrow().len()) >= 1);
     }
 
