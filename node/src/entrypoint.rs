@@ -5,7 +5,8 @@
 //! the acting leader (a minority side of a partition is never acting, so it never writes).
 //!
 //! Rules: the full set is written (UPSERT, idempotent); never an empty set (the last node
-//! stays); changes are debounced; failures back off exponentially.
+//! stays); changes are debounced; failures back off exponentially, but a membership change
+//! is tried once it settles (a drain does not wait out the back-off of an outage).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -132,10 +133,17 @@ impl Reconciler {
     }
 
     /// The addresses the record should hold now (this family's, live and not draining).
+    ///
+    /// A change is worth one prompt attempt even while failures back off: the wait grew
+    /// while Route53 failed, perhaps only periodic reads during an outage that is over, and
+    /// a draining member must not wait out a minute of back-off to leave the record. The
+    /// attempt comes once the view has settled; if it fails too, the back-off goes on
+    /// doubling from where it was, so a flapping view cannot turn into a stream of calls.
     pub fn members(&mut self, now: u64, desired: BTreeSet<IpAddr>) {
         if desired != self.status.desired {
             self.status.desired = desired;
             self.changed_at = now;
+            self.retry_at = self.retry_at.min(now + self.timings.debounce_ms);
         }
     }
 
@@ -454,6 +462,48 @@ mod tests {
         r.wrote(t + 4_000, s, Ok(()));
         assert_eq!(r.status().failures, 0);
         assert_eq!(r.status().last_error, None);
+    }
+
+    #[test]
+    fn a_membership_change_is_tried_once_settled_without_waiting_out_the_back_off() {
+        let mut r = Reconciler::new(Timings {
+            backoff_max_ms: 60_000,
+            ..quick()
+        });
+        r.members(0, ips(&["10.0.0.1", "10.0.0.2"]));
+        assert_eq!(r.poll(0, true), Some(Action::Read));
+        r.read(0, Ok(ips(&["10.0.0.1", "10.0.0.2"])));
+        // Failing periodic reads until the back-off reaches its 60 s cap (0.5 s doubling:
+        // the eighth failure waits 60 s).
+        let mut t = 0;
+        while r.status().failures < 8 {
+            if let Some(a) = r.poll(t, true) {
+                assert_eq!(a, Action::Read);
+                r.read(t, Err("ThrottlingException".into()));
+            }
+            t += 100;
+        }
+        t += 5_000;
+        assert_eq!(r.retry_at, t - 100 - 5_000 + 60_000, "backing off for 60 s");
+        // Route53 is back and a member drains: written after the debounce, not the back-off.
+        r.members(t, ips(&["10.0.0.1"]));
+        assert_eq!(r.poll(t + 999, true), None, "debounced");
+        assert_eq!(
+            r.poll(t + 1_000, true),
+            Some(Action::Write(ips(&["10.0.0.1"])))
+        );
+        // Had it failed, the back-off goes on from the cap rather than from the start.
+        r.wrote(
+            t + 1_000,
+            ips(&["10.0.0.1"]),
+            Err("ThrottlingException".into()),
+        );
+        assert_eq!(r.retry_at, t + 1_000 + 60_000);
+        // A change never pushes a retry later than it was.
+        r.members(t + 2_000, ips(&["10.0.0.1", "10.0.0.3"]));
+        assert_eq!(r.retry_at, t + 3_000);
+        r.members(t + 2_100, ips(&["10.0.0.1"]));
+        assert_eq!(r.retry_at, t + 3_000, "the earlier retry stays");
     }
 
     #[test]
