@@ -4,6 +4,8 @@ counted by valgrind's callgrind: repeatable whatever else the machine does, unli
 
   python3 bench/callgrind.py [REQUESTS]                # default 20000; needs a release build
   python3 bench/callgrind.py [REQUESTS] --access-log   # edgemesh with and without [access_log]
+  python3 bench/callgrind.py [SECONDS] --tls           # per full TLS 1.3 handshake (default 20 s
+                                                       # of proxy/examples/tls_load, 4 at a time)
   CACHE_SIM=1 python3 bench/callgrind.py ...            # also cache misses (callgrind_annotate)
 
 Counts only the load phase (counters zeroed after a warm-up, dumped after exactly REQUESTS
@@ -12,6 +14,7 @@ instructions per request (edgemesh, nginx, and hyper with nothing on top: the fl
 edgemesh, proxy/examples/hyper_floor.rs) and where edgemesh's profile is
 (bench/out/callgrind.edgemesh*).
 """
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxies as P  # noqa: E402
 
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
-N = int(ARGS[0]) if ARGS else 20000
+TLS = "--tls" in sys.argv
+N = int(ARGS[0]) if ARGS else (20 if TLS else 20000)
 ACCESS_LOG = "--access-log" in sys.argv
 CACHE_SIM = ["--cache-sim=yes"] if os.environ.get("CACHE_SIM") else []
 
@@ -31,9 +35,21 @@ def load(port, n):
                f"http://127.0.0.1:{port}/")
     if f"{n} succeeded" not in out:
         sys.exit(f"not every request succeeded:\n{out}")
+    return n
 
 
-def count(name, argv, port, env=None):
+def handshakes(port, secs):
+    """Full TLS 1.3 handshakes (one request each, 4 at a time) for `secs`; how many."""
+    out = json.loads(P.sh(P.TLS_LOAD, f"127.0.0.1:{port}", "bench.test", "4", str(secs)))
+    if out["errors"] or out["suite"] != P.TLS_LOAD_SUITE:
+        sys.exit(f"tls_load 127.0.0.1:{port}: {out}")
+    return out["connections"]
+
+
+def count(name, argv, port, env=None, work=None):
+    """Instructions per unit of `work` (warm-up) -> units done; by default `load` of N
+    requests on `port`, which also takes the requests that wake the process for its dump."""
+    work = work or (lambda warm_up: load(port, 2000 if warm_up else N))
     out = os.path.join(P.OUT, f"callgrind.{name}")
     for f in os.listdir(P.OUT):
         if f.startswith(f"callgrind.{name}"):
@@ -43,17 +59,17 @@ def count(name, argv, port, env=None):
                             env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        return measure(name, proc, port)
+        return measure(name, proc, port, work)
     finally:
         proc.terminate()
         proc.wait()
 
 
-def measure(name, proc, port):
+def measure(name, proc, port, work):
     P.wait_port(port, name, limit=60)
-    load(port, 2000)  # warm-up: connections, pools, allocator
+    work(True)  # warm-up: connections, pools, allocator
     P.sh("callgrind_control", "-z", str(proc.pid))
-    load(port, N)
+    units = work(False)
     def dumps():
         return {f: os.path.getmtime(os.path.join(P.OUT, f)) for f in os.listdir(P.OUT)
                 if f.startswith(f"callgrind.{name}")}
@@ -76,7 +92,7 @@ def measure(name, proc, port):
     time.sleep(1)  # the dump is complete
     total = next(int(l.split()[1]) for l in open(part) if l.startswith("summary:") or
                  l.startswith("totals:"))
-    return total / (N + extra), part
+    return total / (units + extra), part
 
 
 def main():
@@ -110,6 +126,9 @@ endpoints = ["127.0.0.1:{P.BACKEND}"]
         env = {"EDGEMESH_LOG": "warn", "EDGEMESH_WORKERS": "1"}
         port = P.PORTS["edgemesh"]["http"]
         conf = edgemesh_conf("edgemesh")
+        if TLS:
+            tls_handshakes(edgemesh_conf, env)
+            return
         if ACCESS_LOG:
             # Every thread counts, the log writer's too.
             log = edgemesh_conf("edgemesh_log", f'[access_log]\nformat = "json"\n'
@@ -142,6 +161,40 @@ endpoints = ["127.0.0.1:{P.BACKEND}"]
     finally:
         for b in backends:
             b.terminate()
+
+
+def tls_handshakes(edgemesh_conf, env):
+    """Instructions per full TLS 1.3 handshake (ECDSA P-256, X25519, one request each),
+    edgemesh (rustls + ring) against nginx (OpenSSL), sessions off on both."""
+    key, crt, _ = P.cert()
+    port, tls_port = P.PORTS["edgemesh"]["http"], P.PORTS["edgemesh"]["https"]
+    conf = edgemesh_conf("edgemesh_tls", f"""default_cert = "bench.test"
+session_resumption = false
+[[tls.certificates]]
+cert = "{crt}"
+key = "{key}"
+[[listeners]]
+name = "websecure"
+addr = "127.0.0.1:{tls_port}"
+kind = "https"
+[[routes]]
+hosts = ["bench.test"]
+pool = "app"
+redirect_https = false""")
+    e, e_out = count("edgemesh_tls", [P.EDGE, "--config", conf], port, env,
+                     lambda warm_up: handshakes(tls_port, 3 if warm_up else N))
+    n_port, n_tls = P.PORTS["nginx"]["http"], P.PORTS["nginx"]["https"]
+    nginx = P.nginx_conf("cg-nginx-tls", f"""
+  server {{ listen 127.0.0.1:{n_port}; location / {{ {P.NGINX_PROXY} }} }}
+  server {{ listen 127.0.0.1:{n_tls} ssl;
+    ssl_certificate {crt}; ssl_certificate_key {key}; ssl_protocols TLSv1.3;
+    ssl_session_cache off; ssl_session_tickets off;
+    location / {{ {P.NGINX_PROXY} }} }}""", upstream=P.nginx_upstream(P.BACKEND))
+    n, _ = count("nginx_tls", ["nginx", "-c", nginx, "-g", "daemon off; master_process off;"],
+                 n_port, None, lambda warm_up: handshakes(n_tls, 3 if warm_up else N))
+    print(f"user-space instructions per full handshake (with its one request): edgemesh "
+          f"{e:,.0f}, nginx {n:,.0f} (ratio {e / n:.2f})")
+    print(f"edgemesh's profile of the load phase: {e_out}")
 
 
 if __name__ == "__main__":
