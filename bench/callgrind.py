@@ -168,11 +168,7 @@ def tls_handshakes(edgemesh_conf, env):
     edgemesh (rustls + ring) against nginx (OpenSSL), sessions off on both."""
     key, crt, _ = P.cert()
     port, tls_port = P.PORTS["edgemesh"]["http"], P.PORTS["edgemesh"]["https"]
-    conf = edgemesh_conf("edgemesh_tls", f"""default_cert = "bench.test"
-session_resumption = false
-[[tls.certificates]]
-cert = "{crt}"
-key = "{key}"
+    conf = edgemesh_conf("edgemesh_tls", f"""{P.tls_settings(crt, key)}
 [[listeners]]
 name = "websecure"
 addr = "127.0.0.1:{tls_port}"

@@ -230,6 +230,13 @@ def start_backends():
     return procs
 
 
+def tls_settings(crt, key):
+    """The [tls] keys of every edgemesh a bench starts: the bench certificate, and sessions
+    off (a new connection is a full handshake)."""
+    return (f'default_cert = "bench.test"\nsession_resumption = false\n'
+            f'[[tls.certificates]]\ncert = "{crt}"\nkey = "{key}"')
+
+
 def start_edgemesh(crt, key, name="edgemesh", admin=EDGE_ADMIN, gossip=EDGE_GOSSIP, extra=""):
     p = PORTS[name]
     d = os.path.join(OUT, f"{name}-data")
@@ -247,11 +254,7 @@ watch_config = false
 {extra}
 [tls]
 local_ca = false
-default_cert = "bench.test"
-session_resumption = false
-[[tls.certificates]]
-cert = "{crt}"
-key = "{key}"
+{tls_settings(crt, key)}
 [[listeners]]
 name = "web"
 addr = "127.0.0.1:{p['http']}"
