@@ -47,8 +47,9 @@ def handshakes(port, secs):
 
 
 def count(name, argv, port, env=None, work=None):
-    """Instructions per unit of `work` (warm-up) -> units done; by default `load` of N
-    requests on `port`, which also takes the requests that wake the process for its dump."""
+    """Instructions per unit of work. `work(warm_up)` runs the load and returns how many
+    units it did (by default N requests by `load`); the requests on `port` that wake the
+    process for its dump count as units too."""
     work = work or (lambda warm_up: load(port, 2000 if warm_up else N))
     out = os.path.join(P.OUT, f"callgrind.{name}")
     for f in os.listdir(P.OUT):
