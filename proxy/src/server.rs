@@ -16,7 +16,7 @@ use futures_util::task::AtomicWaker;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -427,6 +427,10 @@ fn bind(
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // Linux copies both into every socket this one accepts: set once here instead of
+        // with four system calls per connection.
+        #[cfg(target_os = "linux")]
+        tune(socket2::SockRef::from(&socket));
         socket.bind(&addr.into())?;
         socket.listen(4096)?;
         Ok(socket.into())
@@ -447,12 +451,15 @@ fn bind(
     })
 }
 
-pub(crate) fn set_keepalive(s: &TcpStream) {
+/// No-delay, and TCP keep-alive (first probe after 60 s idle, then every 15 s) so that a
+/// long-lived stream to a dead peer ends; for client and upstream connections.
+pub(crate) fn tune(s: socket2::SockRef<'_>) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(15));
-    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
-        debug!(error = %e, "setting TCP keepalive failed");
+    let nodelay = s.set_nodelay(true);
+    if let Err(e) = nodelay.and(s.set_tcp_keepalive(&ka)) {
+        debug!(error = %e, "setting TCP no-delay and keep-alive failed");
     }
 }
 
@@ -465,6 +472,11 @@ async fn accept_loop(
 ) {
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let lm = shared.metrics.listener(&spec.name);
+    // A listener on one address knows each connection's local address without asking.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     let mut drain = shared.drain.subscribe();
     if *drain.borrow_and_update() {
         return;
@@ -509,9 +521,9 @@ async fn accept_loop(
         // (a plain HTTP connection does not carry space for a TLS handshake or a TCP relay).
         tokio::spawn(async move {
             let _guard = guard;
-            let _ = stream.set_nodelay(true);
-            set_keepalive(&stream);
-            let Ok(local) = stream.local_addr() else {
+            #[cfg(not(target_os = "linux"))]
+            tune(socket2::SockRef::from(&stream));
+            let Some(local) = bound.or_else(|| stream.local_addr().ok()) else {
                 return;
             };
             let mut stream = stream;
@@ -668,5 +680,57 @@ impl Wake for WakeFlag {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use tokio::net::TcpStream;
+
+    fn options(s: &TcpStream) -> (bool, bool, Duration, Duration) {
+        let r = socket2::SockRef::from(s);
+        (
+            r.nodelay().unwrap(),
+            r.keepalive().unwrap(),
+            r.keepalive_time().unwrap(),
+            r.keepalive_interval().unwrap(),
+        )
+    }
+
+    /// The accept loop leaves no-delay and keep-alive to the listener (Linux copies them
+    /// into accepted sockets); a plain listener's connections have neither.
+    #[tokio::test]
+    async fn accepted_connections_inherit_no_delay_and_keep_alive_from_the_listener() {
+        let spec = ListenerSpec {
+            name: "web".into(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            kind: ListenerKind::Http,
+            accept_proxy_protocol: false,
+        };
+        let (addr, mut sockets) = bind(&spec, 1).unwrap();
+        let ours = TcpListener::from_std(sockets.remove(0)).unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = ours.accept().await.unwrap();
+        let (nodelay, keepalive, time, interval) = options(&accepted);
+        assert!(
+            nodelay && keepalive,
+            "no-delay {nodelay}, keep-alive {keepalive}"
+        );
+        assert_eq!(
+            (time, interval),
+            (Duration::from_secs(60), Duration::from_secs(15))
+        );
+
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(plain.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = plain.accept().await.unwrap();
+        let (nodelay, keepalive, _, _) = options(&accepted);
+        assert!(
+            !nodelay && !keepalive,
+            "a plain listener's connection is untuned"
+        );
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::access_log::{Record, TcpRecord};
 use crate::pool::now_ms;
 use crate::proxy_protocol;
-use crate::server::{set_keepalive, Shared};
+use crate::server::{tune, Shared};
 
 pub struct TcpConn {
     pub listener: Arc<str>,
@@ -121,8 +121,7 @@ async fn relay(shared: &Shared, conn: TcpConn) -> Session {
         ..Session::default()
     };
     let _in_flight = ep.begin();
-    let _ = up.set_nodelay(true);
-    set_keepalive(&up);
+    tune(socket2::SockRef::from(&up));
     if send_pp {
         if let Err(e) = up.write_all(&proxy_protocol::encode_v2(peer, local)).await {
             warn!(endpoint = %ep.addr, error = %e, "writing PROXY header failed");

@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::http::ReqBody;
 use crate::pool::now_ms;
-use crate::server::set_keepalive;
+use crate::server::tune;
 
 /// Idle connections kept per endpoint and worker; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -83,8 +83,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
-    set_keepalive(&stream);
+    tune(socket2::SockRef::from(&stream));
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
