@@ -232,3 +232,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The relay where splice is not available: bytes read through `Counted` reach the
+    /// shared counter and the total outside it as they arrive, so a relay dropped mid-stream
+    /// (as the idle timeout drops it) keeps its count.
+    #[tokio::test]
+    async fn counted_totals_outlive_a_dropped_relay() {
+        let (mut client, a) = tokio::io::duplex(1024);
+        let (b, mut server) = tokio::io::duplex(1024);
+        let counter = Counter::<u64>::default();
+        let (up, down, activity) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        {
+            let mut a = Counted::new(a, counter.clone(), &activity, &up);
+            let mut b = Counted::new(b, Counter::default(), &activity, &down);
+            let relay = tokio::io::copy_bidirectional(&mut a, &mut b);
+            tokio::pin!(relay);
+            client.write_all(b"hello").await.unwrap();
+            let mut got = [0u8; 5];
+            tokio::select! {
+                _ = &mut relay => panic!("the relay ended"),
+                r = server.read_exact(&mut got) => { r.unwrap(); }
+            }
+            assert_eq!(&got, b"hello");
+        }
+        assert_eq!(up.load(Ordering::Relaxed), 5);
+        assert_eq!(counter.get(), 5);
+        assert_eq!(down.load(Ordering::Relaxed), 0);
+        assert!(activity.load(Ordering::Relaxed) > 0, "activity stamped");
+    }
+}
