@@ -3,7 +3,10 @@
 which goes first. For a change to the data path: release-build A, copy the binary and its
 meshctl aside, build B.
 
-  python3 bench/ab.py DIR_A DIR_B [ROUNDS] [http|https|tls_new]    # default 8 rounds, http
+  python3 bench/ab.py DIR_A DIR_B [ROUNDS] [http|https|tls_new|tls_load]  # default 8 rounds, http
+
+tls_new is wrk with `Connection: close`, which wrk's own handshakes bound; tls_load is
+proxy/examples/tls_load, the proxies bench's new-TLS-connection load (full handshakes).
 
 Each DIR holds `edgemesh` and `meshctl`. Prints per build the medians of requests/s, the
 proxy's user and kernel CPU time per request and p99; then B/A of requests/s per round and
@@ -17,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proxies as P  # noqa: E402
 
-USAGE = "usage: bench/ab.py DIR_A DIR_B [ROUNDS] [http|https|tls_new]"
+USAGE = "usage: bench/ab.py DIR_A DIR_B [ROUNDS] [http|https|tls_new|tls_load]"
 
 
 def urls(c, scenario):
@@ -25,7 +28,7 @@ def urls(c, scenario):
         return f"http://127.0.0.1:{c.ports['http']}/", []
     if scenario == "https":
         return f"https://127.0.0.1:{c.ports['https']}/", []
-    if scenario == "tls_new":
+    if scenario in ("tls_new", "tls_load"):
         return f"https://127.0.0.1:{c.ports['https']}/", ["-H", "Connection: close"]
     sys.exit(USAGE)
 
@@ -64,7 +67,11 @@ def main():
                 c = builds[n]
                 c.alive()
                 (u0, k0), t0 = c.cpu_secs(), time.time()
-                x = P.wrk(*urls(c, scenario), duration=5)
+                if scenario == "tls_load":
+                    P.DURATION = 5
+                    x = P.tls_load(c.ports["https"])
+                else:
+                    x = P.wrk(*urls(c, scenario), duration=5)
                 (u1, k1), elapsed = c.cpu_secs(), time.time() - t0
                 done = x["rps"] * elapsed
                 res[n].append({"rps": x["rps"], "user": (u1 - u0) / done * 1e6,

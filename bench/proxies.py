@@ -630,11 +630,68 @@ def rounds(name, contenders, results):
             pairs = [cs[i:i + 2] if r % 2 == 0 else cs[i:i + 2][::-1] for i in (0, 2)]
             order = [c for pair in (pairs if r % 4 < 2 else pairs[::-1]) for c in pair]
         for c in order:
-            fig = measure(c, lambda: fn(c))
+            with Perf(f"{name}.{c.name}.{r + 1}"):
+                fig = measure(c, lambda: fn(c))
             results.setdefault(name, {}).setdefault(c.name, []).append(fig)
             print(f"{name:9} round {r + 1} {c.name:9} " +
                   " ".join(f"{k}={v:.4g}" for k, v in fig.items()), flush=True)
             time.sleep(1)
+
+
+class Perf:
+    """With PERF=1, a sampling profile of the proxy's CPU while a round runs (`perf record
+    -e cpu-clock`: a timer, so it works where the host exposes no hardware counters), kernel
+    included, to bench/out/perf.SCENARIO.CONTENDER.ROUND.data; the time split by where it
+    went is printed after the round."""
+
+    def __init__(self, tag):
+        self.path = os.path.join(OUT, f"perf.{tag}.data")
+        self.proc = None
+
+    def __enter__(self):
+        if os.environ.get("PERF"):
+            self.proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999",
+                                          "-C", PROXY_CPU, "-o", self.path],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait()
+            print("  " + perf_split(self.path), flush=True)
+
+
+# Where a sample's time went, by the shared object and symbol it hit.
+PERF_GROUPS = [
+    ("kernel", lambda dso, sym: dso.startswith("[kernel")),
+    ("crypto", lambda dso, sym: "libcrypto" in dso or sym.startswith("ring_core_")
+     or any(k in sym for k in ("nistz256", "x25519", "sha256_block", "sha512_block", "gcm",
+                               "aes_hw", "aesni", "ChaCha20", "poly1305", "fiat_", "bn_mul",
+                               "ecp_", "p256_", "ring::"))),
+    ("libc", lambda dso, sym: dso.startswith("libc.so") or dso.startswith("ld-linux")),
+]
+
+
+def perf_split(path):
+    """'kernel 71% crypto 12% libc 3% rest 14%' from a perf.data file, with the top symbols
+    of the rest."""
+    out = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "dso,sym",
+                          "--stdio", "-q", "--percent-limit", "0"],
+                         capture_output=True, text=True).stdout
+    share, rest = {}, []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3 or not parts[0].endswith("%"):
+            continue
+        pct, dso, sym = float(parts[0][:-1]), parts[1], parts[2].split("] ", 1)[-1].strip()
+        group = next((g for g, hit in PERF_GROUPS if hit(dso, sym)), "rest")
+        share[group] = share.get(group, 0) + pct
+        if group == "rest":
+            rest.append((pct, sym))
+    top = ", ".join(f"{s[:40]} {p:.1f}%" for p, s in sorted(rest, reverse=True)[:5])
+    return " ".join(f"{g} {share.get(g, 0):.1f}%" for g, _ in PERF_GROUPS + [("rest", 0)]) + \
+        f" (rest: {top})"
 
 
 # ---------------------------------------------------------------- report

@@ -8,6 +8,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+// aws-lc-rs, not ring, for every handshake the proxy serves: on the benchmark host its X25519
+// key generation and agreement took 33-40 µs against ring's 63-74 µs (with ring's ADX code),
+// about a sixth of a full handshake's CPU; ECDSA P-256 signing costs the same in both
+// (BENCHMARKS.md, 2026-12-06 late). The keys it loads sign with the same provider.
+use rustls::crypto::aws_lc_rs as provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -59,12 +64,11 @@ impl CertEntry {
         if chain.is_empty() {
             return Err(CertError::EmptyChain { names });
         }
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
-            CertError::Key {
+        let signing =
+            provider::sign::any_supported_type(&key).map_err(|source| CertError::Key {
                 names: names.clone(),
                 source,
-            }
-        })?;
+            })?;
         Ok(CertEntry {
             names,
             key: Arc::new(CertifiedKey::new(chain, signing)),
@@ -198,17 +202,17 @@ pub(crate) fn version_name(v: rustls::ProtocolVersion) -> &'static str {
     }
 }
 
-/// The server configuration of every TLS listener: TLS 1.2 and 1.3 only (ring's suites: every
-/// TLS 1.2 one is ECDHE with an AEAD cipher), ALPN h2 then http/1.1,
+/// The server configuration of every TLS listener: TLS 1.2 and 1.3 only (the provider's suites:
+/// every TLS 1.2 one is ECDHE with an AEAD cipher), ALPN h2 then http/1.1,
 /// certificates from `store`. Built once; the store changes underneath it. Without
 /// `resumption`, no session is kept and no ticket sent: every handshake is a full one.
 pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Arc<ServerConfig> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = provider::default_provider();
     // AES-128-GCM first, as Mozilla's server-side recommendation and Go's crypto/tls have it:
-    // its suites hash with SHA-256, which ring runs with the CPU's SHA extensions where there
-    // are any, while the AES-256 suites' SHA-384 ran ring's portable SHA-512 code: 8.5% of a
-    // full handshake's CPU in a profile on the benchmark host (BENCHMARKS.md). A stable sort:
-    // TLS 1.3 suites stay ahead of TLS 1.2 ones, and each keeps ring's order otherwise.
+    // its suites hash with SHA-256, which runs on the CPU's SHA extensions where there are
+    // any (with ring, the AES-256 suites' SHA-384 was 8.5% of a full handshake's CPU on the
+    // benchmark host, BENCHMARKS.md). A stable sort: TLS 1.3 suites stay ahead of TLS 1.2
+    // ones, and each keeps the provider's order otherwise.
     provider.cipher_suites.sort_by_key(|s| {
         use rustls::CipherSuite as S;
         let aes128 = matches!(
@@ -221,7 +225,7 @@ pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Arc<ServerConfi
     });
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("the provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(StoreResolver(store)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
