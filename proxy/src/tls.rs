@@ -244,8 +244,16 @@ mod tests {
     use super::*;
 
     fn entry(names: &[&str], not_after: i64) -> CertEntry {
+        entry_with(names, not_after, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    fn entry_with(
+        names: &[&str],
+        not_after: i64,
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> CertEntry {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let key = rcgen::KeyPair::generate().unwrap();
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
         let cert = rcgen::CertificateParams::new(names.clone())
             .unwrap()
             .self_signed(&key)
@@ -382,6 +390,52 @@ mod tests {
         }
         assert_eq!(kinds[0], rustls::HandshakeKind::Full);
         kinds[1]
+    }
+
+    /// The server's provider (aws-lc-rs) against a client on the other one (ring), and a
+    /// post-quantum hybrid key exchange, which only aws-lc-rs has, against itself: every key
+    /// type the store loads signs, and every key exchange group is agreed.
+    #[test]
+    fn every_key_type_and_key_exchange_group_completes_a_handshake() {
+        use rustls::crypto::{aws_lc_rs, ring, CryptoProvider};
+        let keys = [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ];
+        let groups = [
+            (ring::default_provider(), ring::kx_group::X25519),
+            (ring::default_provider(), ring::kx_group::SECP256R1),
+            (ring::default_provider(), ring::kx_group::SECP384R1),
+            (
+                aws_lc_rs::default_provider(),
+                aws_lc_rs::kx_group::X25519MLKEM768,
+            ),
+        ];
+        for alg in keys {
+            for (provider, group) in &groups {
+                let store = Arc::new(CertStore::default());
+                let e = entry_with(&["k.test"], 10, alg);
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(e.key.cert[0].clone()).unwrap();
+                store.replace(vec![e], None);
+                let provider = CryptoProvider {
+                    kx_groups: vec![*group],
+                    ..provider.clone()
+                };
+                let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = rustls::pki_types::ServerName::try_from("k.test").unwrap();
+                let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+                let mut s = rustls::ServerConnection::new(server_config(store, false)).unwrap();
+                pump(&mut c, &mut s);
+                let agreed = s.negotiated_key_exchange_group().map(|g| g.name());
+                assert_eq!(agreed, Some(group.name()), "{alg:?}");
+            }
+        }
     }
 
     #[test]
