@@ -6,7 +6,8 @@
 //! A direction holds a pipe only while bytes are in it: pipes come from a small per-thread
 //! pool and go back once drained, so an idle stream holds no more descriptors than its two
 //! sockets. A pipe whose bytes were not delivered (the stream ended with an error or was cut
-//! by the idle timeout) is closed, never reused.
+//! by the idle timeout) is closed, never reused. Where no pipe can be had (the process is out
+//! of descriptors, EMFILE), a chunk is copied through a buffer instead and the stream goes on.
 
 use std::cell::RefCell;
 use std::io;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::pool::now_ms;
 
@@ -24,6 +26,8 @@ use crate::pool::now_ms;
 const PIPE_BYTES: usize = 256 * 1024;
 /// Drained pipes kept per worker thread for the next stream.
 const POOL_MAX: usize = 32;
+/// Bytes a chunk copied through a buffer moves at most, when no pipe can be had.
+const COPY_BYTES: usize = 64 * 1024;
 
 struct Pipe {
     read: OwnedFd,
@@ -34,8 +38,18 @@ thread_local! {
     static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: `take` fails as it does when the process is out of descriptors.
+    static NO_PIPES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Pipe {
     fn take() -> io::Result<Pipe> {
+        #[cfg(test)]
+        if NO_PIPES.with(|n| n.get()) {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         if let Some(p) = PIPES.with(|p| p.borrow_mut().pop()) {
             return Ok(p);
         }
@@ -124,7 +138,18 @@ async fn one_way(
 ) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let pipe = Pipe::take()?;
+        let pipe = match Pipe::take() {
+            Ok(p) => p,
+            // No descriptor (EMFILE, ENFILE) or pipe memory left: this chunk goes through a
+            // buffer, and the next one asks for a pipe again.
+            Err(e) => {
+                debug!(error = %e, "no pipe to splice through; copying through a buffer");
+                if copy_chunk(from, to, &flow, activity).await? {
+                    continue;
+                }
+                return pass_fin(to);
+            }
+        };
         let got = match from.try_io(Interest::READABLE, || {
             splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_BYTES)
         }) {
@@ -137,19 +162,9 @@ async fn one_way(
         };
         if got == 0 {
             pipe.release();
-            // SAFETY: shutdown on a socket `to` keeps open; no memory is involved.
-            if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } != 0 {
-                let e = io::Error::last_os_error();
-                // The peer may be gone already; that ends the stream the other way.
-                if e.raw_os_error() != Some(libc::ENOTCONN) {
-                    return Err(e);
-                }
-            }
-            return Ok(());
+            return pass_fin(to);
         }
-        flow.counter.inc_by(got as u64);
-        flow.total.fetch_add(got as u64, Ordering::Relaxed);
-        activity.store(now_ms(), Ordering::Relaxed);
+        tally(&flow, activity, got);
         let mut left = got;
         while left > 0 {
             to.writable().await?;
@@ -172,6 +187,62 @@ async fn one_way(
     }
 }
 
+fn tally(flow: &Flow<'_>, activity: &AtomicU64, bytes: usize) {
+    flow.counter.inc_by(bytes as u64);
+    flow.total.fetch_add(bytes as u64, Ordering::Relaxed);
+    activity.store(now_ms(), Ordering::Relaxed);
+}
+
+/// Passes the end of one direction on as a write shutdown.
+fn pass_fin(to: &TcpStream) -> io::Result<()> {
+    // SAFETY: shutdown on a socket `to` keeps open; no memory is involved.
+    if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } != 0 {
+        let e = io::Error::last_os_error();
+        // The peer may be gone already; that ends the stream the other way.
+        if e.raw_os_error() != Some(libc::ENOTCONN) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Moves what `from` holds, up to [`COPY_BYTES`], to `to` through a buffer; false at the end
+/// of the stream.
+async fn copy_chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    flow: &Flow<'_>,
+    activity: &AtomicU64,
+) -> io::Result<bool> {
+    let mut buf = vec![0u8; COPY_BYTES];
+    let got = loop {
+        match from.try_read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => from.readable().await?,
+            Err(e) => return Err(e),
+        }
+    };
+    if got == 0 {
+        return Ok(false);
+    }
+    tally(flow, activity, got);
+    let mut sent = 0;
+    while sent < got {
+        match to.try_write(&buf[sent..got]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the socket took nothing",
+                ))
+            }
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +263,25 @@ mod tests {
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close_and_counts_every_byte() {
+        five_up_three_down().await;
+        // The pipes came back to the pool, drained, for the next stream.
+        assert!(PIPES.with(|p| p.borrow().len()) >= 1);
+    }
+
+    /// Out of descriptors, every chunk is copied through a buffer: the same bytes arrive,
+    /// half-close and counts included, and the stream is not cut.
+    #[tokio::test]
+    async fn without_pipes_the_bytes_go_through_a_buffer() {
+        PIPES.with(|p| p.borrow_mut().clear());
+        NO_PIPES.with(|n| n.set(true));
+        five_up_three_down().await;
+        NO_PIPES.with(|n| n.set(false));
+        assert_eq!(PIPES.with(|p| p.borrow().len()), 0, "a pipe was made");
+    }
+
+    /// 5 MiB up, then the client's FIN; the server reads it all, then answers 3 MiB and
+    /// closes: the answer flows after the client half-closed. Checks every byte and count.
+    async fn five_up_three_down() {
         // client <-> (a | relay | b) <-> server
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
@@ -211,8 +301,6 @@ mod tests {
             },
             &activity,
         );
-        // 5 MiB up, then the client's FIN; the server reads it all, then answers 3 MiB and
-        // closes: the answer flows after the client half-closed.
         let sent_up = pattern(5 << 20, 1);
         let sent_down = pattern(3 << 20, 7);
         let client_side = async {
@@ -229,8 +317,9 @@ mod tests {
             server.shutdown().await.unwrap();
             got
         };
-        let (r, got_down, got_up) = tokio::join!(relay, client_side, server_side);
-        r.unwrap();
+        // A failed relay leaves both sides waiting for bytes: it fails the test at once.
+        let relay = async { relay.await.expect("the relay failed") };
+        let ((), got_down, got_up) = tokio::join!(relay, client_side, server_side);
         assert!(got_up == sent_up, "upstream got {} bytes", got_up.len());
         assert!(got_down == sent_down, "client got {} bytes", got_down.len());
         assert_eq!(up.get(), 5 << 20);
@@ -238,8 +327,6 @@ mod tests {
         assert_eq!(up_total.load(Ordering::Relaxed), 5 << 20);
         assert_eq!(down_total.load(Ordering::Relaxed), 3 << 20);
         assert!(activity.load(Ordering::Relaxed) > 0);
-        // The pipes came back to the pool, drained, for the next stream.
-        assert!(PIPES.with(|p| p.borrow().len()) >= 1);
     }
 
     #[tokio::test]
