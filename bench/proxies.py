@@ -642,7 +642,7 @@ class Perf:
     """With PERF=1, a sampling profile of the proxy's CPU while a round runs (`perf record
     -e cpu-clock`: a timer, so it works where the host exposes no hardware counters), kernel
     included, to bench/out/perf.SCENARIO.CONTENDER.ROUND.data; the time split by where it
-    went is printed after the round."""
+    went is printed just before that round's figures."""
 
     def __init__(self, tag):
         self.path = os.path.join(OUT, f"perf.{tag}.data")
@@ -665,10 +665,13 @@ class Perf:
 # Where a sample's time went, by the shared object and symbol it hit.
 PERF_GROUPS = [
     ("kernel", lambda dso, sym: dso.startswith("[kernel")),
-    ("crypto", lambda dso, sym: "libcrypto" in dso or sym.startswith("ring_core_")
+    # OpenSSL; ring's and aws-lc's prefixed C symbols, and the static field and group
+    # arithmetic of their curve25519 code, which carries no prefix.
+    ("crypto", lambda dso, sym: "libcrypto" in dso or sym.startswith(("ring_core_", "aws_lc_"))
+     or sym.startswith(("fe4_", "fe_", "ge_", "x25519_", "curve25519_"))
      or any(k in sym for k in ("nistz256", "x25519", "sha256_block", "sha512_block", "gcm",
                                "aes_hw", "aesni", "ChaCha20", "poly1305", "fiat_", "bn_mul",
-                               "ecp_", "p256_", "ring::"))),
+                               "ecp_", "p256_", "ring::", "aws_lc_rs::"))),
     ("libc", lambda dso, sym: dso.startswith("libc.so") or dso.startswith("ld-linux")),
 ]
 
