@@ -62,13 +62,13 @@ def main():
         for c in builds.values():  # warm-up
             P.wrk(*urls(c, scenario), duration=2)
         res = {n: [] for n in names}
+        P.DURATION = 5  # tls_load's length; wrk's is given per call
         for r in range(rounds):
             for n in names if r % 2 == 0 else names[::-1]:
                 c = builds[n]
                 c.alive()
                 (u0, k0), t0 = c.cpu_secs(), time.time()
                 if scenario == "tls_load":
-                    P.DURATION = 5
                     x = P.tls_load(c.ports["https"])
                 else:
                     x = P.wrk(*urls(c, scenario), duration=5)

@@ -166,7 +166,7 @@ endpoints = ["127.0.0.1:{P.BACKEND}"]
 
 def tls_handshakes(edgemesh_conf, env):
     """Instructions per full TLS 1.3 handshake (ECDSA P-256, X25519, one request each),
-    edgemesh (rustls + ring) against nginx (OpenSSL), sessions off on both."""
+    edgemesh (rustls + aws-lc-rs) against nginx (OpenSSL), sessions off on both."""
     key, crt, _ = P.cert()
     port, tls_port = P.PORTS["edgemesh"]["http"], P.PORTS["edgemesh"]["https"]
     conf = edgemesh_conf("edgemesh_tls", f"""{P.tls_settings(crt, key)}

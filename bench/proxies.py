@@ -785,7 +785,7 @@ def report(results, machine):
         md += ["### New TLS connections (full TLS 1.3 handshakes, one request each; "
                f"`proxy/examples/tls_load.rs`, {CONNS} connections at a time)", "",
                "Session resumption is off on every contender, so each connection is a full "
-               "handshake. The load generator is edgemesh's own (rustls, one thread): wrk's "
+               "handshake. The load generator is edgemesh's own (rustls with aws-lc-rs, one thread): wrk's "
                "side of a handshake (OpenSSL, verifying the server's P-256 signature) cost "
                "about as much as the proxies' and bounded all of them near 1,500-1,900/s on "
                "the one load core. tls_load makes the client's X25519 exchange and key "

@@ -452,7 +452,8 @@ fn bind(
 }
 
 /// No-delay, and TCP keep-alive (first probe after 60 s idle, then every 15 s) so that a
-/// long-lived stream to a dead peer ends; for client and upstream connections.
+/// long-lived stream to a dead peer ends: on listeners (Linux, whose accepted sockets inherit
+/// both), client connections elsewhere, and upstream connections.
 pub(crate) fn tune(s: socket2::SockRef<'_>) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))

@@ -364,13 +364,22 @@ mod tests {
         panic!("handshake did not finish");
     }
 
-    /// Two connections of one client: the second resumes unless resumption is off.
-    fn second_handshake(resumption: bool) -> rustls::HandshakeKind {
+    /// A store holding one certificate for `name` with a key of `alg`, and roots that trust it.
+    fn one_cert(
+        name: &str,
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> (Arc<CertStore>, rustls::RootCertStore) {
         let store = Arc::new(CertStore::default());
-        let e = entry(&["r.test"], 10);
+        let e = entry_with(&[name], 10, alg);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(e.key.cert[0].clone()).unwrap();
         store.replace(vec![e], None);
+        (store, roots)
+    }
+
+    /// Two connections of one client: the second resumes unless resumption is off.
+    fn second_handshake(resumption: bool) -> rustls::HandshakeKind {
+        let (store, roots) = one_cert("r.test", &rcgen::PKCS_ECDSA_P256_SHA256);
         let server = server_config(store, resumption);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client = Arc::new(
@@ -414,11 +423,7 @@ mod tests {
         ];
         for alg in keys {
             for (provider, group) in &groups {
-                let store = Arc::new(CertStore::default());
-                let e = entry_with(&["k.test"], 10, alg);
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(e.key.cert[0].clone()).unwrap();
-                store.replace(vec![e], None);
+                let (store, roots) = one_cert("k.test", alg);
                 let provider = CryptoProvider {
                     kx_groups: vec![*group],
                     ..provider.clone()
