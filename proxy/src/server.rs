@@ -589,7 +589,7 @@ where
     let peer = info.peer;
     // `http::handle` boxes each exchange's future (see `http::Exchange`).
     let info = Arc::new(info);
-    let svc = service_fn(move |req| http::handle(svc_shared.clone(), info.clone(), req));
+    let svc = service_fn(move |req| http::handle(&svc_shared, &info, req));
     let conn = shared
         .http
         .serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -40,6 +40,9 @@ struct Idle {
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::default());
 }
+
+/// The response head, or the error and (when it was not written) the request.
+type Answer = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>;
 
 /// A connection to one endpoint, owned by one exchange at a time.
 pub struct Conn {
@@ -114,31 +117,25 @@ impl Conn {
     /// fires about once per timeout period and is then set to the current deadline, instead
     /// of a timer being registered and cancelled on every request (nginx's and HAProxy's
     /// approach to their expiry timers, too).
-    pub async fn send(
+    ///
+    /// The request goes to hyper here, not from a future: an `async fn` would hold it in
+    /// its state beside hyper's future, which holds it too (a 560-byte future against 280).
+    pub fn send(
         &mut self,
         req: Request<ReqBody>,
         deadline: TokioInstant,
-    ) -> Option<Result<Response<Incoming>, TrySendError<Request<ReqBody>>>> {
+    ) -> Sent<'_, impl Future<Output = Answer> + Send + use<>> {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.deadline() > deadline {
             timer.as_mut().reset(deadline);
         }
-        let mut exchange = std::pin::pin!(self.sender.try_send_request(req));
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            while timer.as_mut().poll(cx).is_ready() {
-                if TokioInstant::now() >= deadline {
-                    return Poll::Ready(None);
-                }
-                timer.as_mut().reset(deadline);
-            }
-            Poll::Pending
-        })
-        .await
+        Sent {
+            exchange: self.sender.try_send_request(req),
+            timer,
+            deadline,
+        }
     }
 
     /// Returns the connection to this thread's pool for the next exchange.
@@ -157,6 +154,34 @@ impl Conn {
                 });
             }
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Conn::send`]'s future: hyper's exchange raced against the response-head timer.
+    pub struct Sent<'a, F> {
+        #[pin]
+        exchange: F,
+        timer: &'a mut Pin<Box<Sleep>>,
+        deadline: TokioInstant,
+    }
+}
+
+impl<F: Future<Output = Answer>> Future for Sent<'_, F> {
+    type Output = Option<Answer>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.exchange.poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if TokioInstant::now() >= *this.deadline {
+                return Poll::Ready(None);
+            }
+            this.timer.as_mut().reset(*this.deadline);
+        }
+        Poll::Pending
     }
 }
 
