@@ -30,10 +30,9 @@ use crate::server::Shared;
 use crate::upstream;
 
 pub type RespBody = Either<Metered<Incoming>, Full<Bytes>>;
-/// A request body is boxed: it is rare on proxied requests, and unboxed it would make every
-/// outgoing request 408 bytes instead of 232, a size each request is moved at a dozen times
-/// between here and hyper's connection task (and that each pooled connection's queue keeps
-/// 32 slots of).
+/// A request body is boxed: few proxied requests have one, and unboxed it would make every
+/// outgoing request 408 bytes instead of 232. A request is moved a dozen times between here
+/// and hyper's connection task, and each pooled connection's queue keeps 32 slots of one.
 pub type ReqBody = Either<Box<Metered<Incoming>>, Empty<Bytes>>;
 
 #[derive(Debug, Clone)]
@@ -60,14 +59,6 @@ impl ConnInfo {
     }
 }
 
-/// What routing learnt about an exchange that the response does not carry, for the access log.
-#[derive(Debug, Default)]
-struct Outcome {
-    upstream: Option<SocketAddr>,
-    /// Request sent until response head received.
-    upstream_time: Option<std::time::Duration>,
-}
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -78,34 +69,39 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// connection's lifetime, and a pointer is what an idle connection should hold.
 pub type Exchange = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
 
-/// A request that is not logged gets a future of its own type: the logged path's state (the
-/// record, about 200 bytes) would otherwise be part of every exchange's future, and be
-/// copied with it. `shared` and `conn` are borrowed, and a reference taken only for what
-/// the future keeps (a forwarded request's future keeps `shared` alone).
+/// `shared` and `conn` are borrowed, and cloned (a reference count taken) only for what the
+/// exchange keeps: a forwarded request's future keeps `shared` alone. A logged request's
+/// record waits in a recycled slot ([`PendingLog`], one pointer), so a logged exchange is
+/// the same future as one that is not.
 pub fn handle(shared: &Arc<Shared>, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Exchange {
-    match shared.access_log.load_full().filter(|l| l.sampled()) {
-        // Routing and the outgoing request are settled here, before anything is boxed, and
-        // the box holds `forward`'s future itself: the future is built on the stack and
-        // copied whole into the box, and wrapped in an async block that also held the
-        // incoming request it was 2,336 bytes (callgrind: 300 instructions of memcpy per
-        // request for that copy alone).
-        None => match dispatch(shared, conn, req) {
-            Err(answer) => Box::pin(std::future::ready(Ok(answer))),
-            Ok(fwd) => {
-                let out = outgoing(shared, conn, fwd, None);
-                Box::pin(forward(shared.clone(), out, None))
-            }
-        },
-        Some(log) => Box::pin(logged(shared.clone(), conn.clone(), req, log)),
+    let (pending, bytes_in) = match shared.access_log.load_full().filter(|l| l.sampled()) {
+        Some(log) => {
+            let (pending, bytes_in) = start_log(conn, &req, log);
+            (Some(pending), bytes_in)
+        }
+        None => (None, None),
+    };
+    // Routing and the outgoing request are settled here, before anything is boxed, and the
+    // box holds `forward`'s future itself. A future is built on the stack and then copied
+    // whole into its box: wrapped in an async block that also held the incoming request,
+    // this one was 2,336 bytes, and that copy alone took 280 instructions of memcpy per
+    // request (callgrind).
+    match dispatch(shared, conn, req) {
+        Err(answer) => Box::pin(std::future::ready(Ok(finish_log(pending, answer)))),
+        Ok(fwd) => {
+            let out = outgoing(shared, conn, fwd, bytes_in);
+            Box::pin(forward(shared.clone(), out, pending))
+        }
     }
 }
 
-async fn logged(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+/// The access log's record of a request, as far as the request tells, and for a request
+/// with a body the counter its body hands its size to.
+fn start_log(
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
     log: Arc<AccessLog>,
-) -> Result<Response<RespBody>, Infallible> {
+) -> (PendingLog, Option<Arc<AtomicU64>>) {
     // One pass over the fields rather than a hashed lookup for each.
     let (mut host, mut referer, mut user_agent) = (None, None, None);
     for (name, value) in req.headers() {
@@ -121,7 +117,7 @@ async fn logged(
     }
     // Only a request with a body needs its size handed back from the body.
     let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
-    let mut pending = PendingLog::new(Pending {
+    let pending = PendingLog::new(Pending {
         log,
         record: HttpRecord {
             time: SystemTime::now(),
@@ -150,27 +146,23 @@ async fn logged(
         },
         bytes_in: bytes_in.clone(),
     });
-    let mut outcome = Outcome::default();
-    let resp = match dispatch(&shared, &conn, req) {
-        Err(answer) => answer,
-        Ok(fwd) => {
-            let out = outgoing(&shared, &conn, fwd, bytes_in);
-            let Ok(resp) = forward(shared, out, Some(&mut outcome)).await;
-            resp
-        }
+    (pending, bytes_in)
+}
+
+/// Completes a logged exchange's record with its response. The line is written when the
+/// response body ends (bytes out and total time known).
+fn finish_log(pending: Option<PendingLog>, resp: Response<RespBody>) -> Response<RespBody> {
+    let Some(mut pending) = pending else {
+        return resp;
     };
-    let record = pending.record();
-    record.status = resp.status().as_u16();
-    record.upstream = outcome.upstream;
-    record.upstream_time = outcome.upstream_time;
-    // The line is written when the response body ends (bytes out and total time known).
-    Ok(resp.map(|b| match b {
+    pending.record().status = resp.status().as_u16();
+    resp.map(|b| match b {
         Either::Left(m) => Either::Left(m.log(Some(pending))),
         Either::Right(full) => {
             pending.finish(full.size_hint().exact().unwrap_or(0));
             Either::Right(full)
         }
-    }))
+    })
 }
 
 /// Where ACME HTTP-01 validators ask for a token.
@@ -359,16 +351,16 @@ fn outgoing(
 }
 
 /// Sends a routed request to an endpoint of its pool (to another one when the first refuses
-/// the connection), or answers 502/504/413 itself; `outcome` is filled in for the access log.
+/// the connection), or answers 502/504/413 itself; `log`'s record, if any, is completed.
 ///
 /// Not an `async fn`: one keeps its arguments and the locals they are moved into side by
 /// side in its future, for the whole exchange. Here the parts of `out` are captured as they
 /// are, so the future holds each once.
-fn forward<'a>(
+fn forward(
     shared: Arc<Shared>,
     out: Outgoing,
-    mut outcome: Option<&'a mut Outcome>,
-) -> impl Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'a {
+    mut log: Option<PendingLog>,
+) -> impl Future<Output = Result<Response<RespBody>, Infallible>> + Send {
     let Outgoing {
         mut req,
         upgrade,
@@ -415,8 +407,8 @@ fn forward<'a>(
                 };
                 let in_flight = ep.begin();
                 let started = tokio::time::Instant::now();
-                if let Some(o) = outcome.as_deref_mut() {
-                    o.upstream = Some(ep.addr);
+                if let Some(p) = log.as_mut() {
+                    p.record().upstream = Some(ep.addr);
                 }
                 let head_deadline = {
                     let d = started + s.response_timeout;
@@ -424,8 +416,8 @@ fn forward<'a>(
                 };
                 let sent = upstream.send(req, head_deadline).await;
                 let took = started.elapsed();
-                if let Some(o) = outcome.as_deref_mut() {
-                    o.upstream_time = Some(took);
+                if let Some(p) = log.as_mut() {
+                    p.record().upstream_time = Some(took);
                 }
                 let Some(sent) = sent else {
                     pool.metrics.timeouts.inc();
@@ -480,7 +472,7 @@ fn forward<'a>(
             }
         }
         pool.metrics.response(resp.status().as_u16());
-        Ok(resp)
+        Ok(finish_log(log, resp))
     }
 }
 
@@ -703,7 +695,7 @@ mod tests {
     fn the_forwarded_exchange_and_its_request_stay_small() {
         fn future_size<F, Fut>(_: F) -> usize
         where
-            F: FnOnce(Arc<Shared>, Outgoing, Option<&'static mut Outcome>) -> Fut,
+            F: FnOnce(Arc<Shared>, Outgoing, Option<PendingLog>) -> Fut,
         {
             std::mem::size_of::<Fut>()
         }

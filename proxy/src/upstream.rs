@@ -119,7 +119,7 @@ impl Conn {
     /// approach to their expiry timers, too).
     ///
     /// The request goes to hyper here, not from a future: an `async fn` would hold it in
-    /// its state beside hyper's future, which holds it too (a 560-byte future against 280).
+    /// its state beside hyper's future, which holds it too (560 bytes against 272).
     pub fn send(
         &mut self,
         req: Request<ReqBody>,
