@@ -50,7 +50,7 @@ pub struct Metered<B> {
     bytes: u64,
     counter: Counter,
     ended: bool,
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
     upstream: Option<upstream::Conn>,
     /// Data bytes past this end the body with [`Cut::TooLarge`].
     limit: Option<u64>,
@@ -74,7 +74,7 @@ impl<B: Body> Metered<B> {
             inner,
             bytes: 0,
             counter,
-            _in_flight: in_flight,
+            in_flight,
             upstream,
             limit: None,
             deadline: None,
@@ -111,8 +111,8 @@ impl<B> Drop for Metered<B> {
             self.counter.inc_by(self.bytes);
         }
         if self.ended {
-            if let Some(c) = self.upstream.take() {
-                c.release();
+            if let (Some(c), Some(f)) = (self.upstream.take(), &self.in_flight) {
+                c.release(f.addr());
             }
         }
         if let Some(seen) = &self.bytes_seen {

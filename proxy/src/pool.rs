@@ -174,6 +174,13 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
 
+impl InFlight {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

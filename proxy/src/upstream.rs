@@ -44,10 +44,11 @@ thread_local! {
 /// The response head, or the error and (when it was not written) the request.
 type Answer = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>;
 
-/// A connection to one endpoint, owned by one exchange at a time.
+/// A connection to one endpoint, owned by one exchange at a time. It does not keep the
+/// endpoint's address (32 bytes): the response body that carries it back to the pool moves
+/// with every response, and its in-flight guard knows the address.
 pub struct Conn {
     sender: SendRequest<ReqBody>,
-    addr: SocketAddr,
     /// Came from the pool: the server may have closed it meanwhile.
     pub reused: bool,
     /// The response-head timer, kept with the connection and moved lazily (see [`Conn::send`]).
@@ -71,7 +72,6 @@ pub async fn checkout(
         if idle.sender.ready().await.is_ok() {
             return Ok(Conn {
                 sender: idle.sender,
-                addr,
                 reused: true,
                 timer: idle.timer,
             });
@@ -98,7 +98,6 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
     });
     Ok(Conn {
         sender,
-        addr,
         reused: false,
         timer: None,
     })
@@ -138,14 +137,15 @@ impl Conn {
         }
     }
 
-    /// Returns the connection to this thread's pool for the next exchange.
-    pub fn release(self) {
+    /// Returns the connection to this thread's pool of `addr`'s connections, for the next
+    /// exchange.
+    pub fn release(self, addr: SocketAddr) {
         if self.sender.is_closed() {
             return;
         }
         IDLE.with(|m| {
             let mut m = m.borrow_mut();
-            let idle = m.entry(self.addr).or_default();
+            let idle = m.entry(addr).or_default();
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
                 idle.push(Idle {
                     sender: self.sender,
