@@ -176,7 +176,7 @@ pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
     /// The endpoint's address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.0.addr
     }
 }
