@@ -107,6 +107,12 @@ where
         self.io.set_max_buf_size(max);
     }
 
+    /// edgemesh patch: see `io::SERVER_INIT_READ_SIZE`.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_read_buf_min(&mut self, min: usize) {
+        self.io.set_read_buf_min(min);
+    }
+
     #[cfg(feature = "client")]
     pub(crate) fn set_read_buf_exact_size(&mut self, sz: usize) {
         self.io.set_read_buf_exact_size(sz);

@@ -14,11 +14,21 @@ use crate::common::buf::BufList;
 /// The initial buffer size allocated before trying to read from IO.
 pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 
+/// edgemesh patch: a server connection's reads start at 1 KiB, and come back to it after
+/// larger ones, as nginx's `client_header_buffer_size` does. A request head is usually
+/// smaller, and the read buffer, allocated at its largest, stays with the connection for its
+/// lifetime: at 8 KiB an idle keep-alive connection kept 8 KiB it never used. A larger head
+/// or a body grows the reads as before (doubling after each read that fills them).
+#[cfg(feature = "server")]
+pub(crate) const SERVER_INIT_READ_SIZE: usize = 1024;
+
 /// edgemesh patch: room left in the read buffer that is enough for a read that looks for EOF
 /// or early data (`poll_read_probe`). Reserving a whole read's worth there allocated a new
 /// buffer for nearly every message: the bytes of the last one (its header values, its body
-/// chunk) still shared the old buffer.
-const SPARE_ROOM: usize = 1024;
+/// chunk) still shared the old buffer. Small, so that it also holds in a server's 1 KiB
+/// buffer (`SERVER_INIT_READ_SIZE`) after a request head of several hundred bytes; early data
+/// beyond it stays in the socket for the next read.
+const SPARE_ROOM: usize = 128;
 
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
@@ -94,8 +104,14 @@ where
             max >= MINIMUM_MAX_BUFFER_SIZE,
             "The max_buf_size cannot be smaller than {MINIMUM_MAX_BUFFER_SIZE}.",
         );
-        self.read_buf_strategy = ReadStrategy::with_max(max);
+        self.read_buf_strategy = ReadStrategy::with_bounds(self.read_buf_strategy.min(), max);
         self.write_buf.max_buf_size = max;
+    }
+
+    /// edgemesh patch: the size reads start at and come back to (`SERVER_INIT_READ_SIZE`).
+    #[cfg(feature = "server")]
+    pub(crate) fn set_read_buf_min(&mut self, min: usize) {
+        self.read_buf_strategy = ReadStrategy::with_bounds(min, self.read_buf_strategy.max());
     }
 
     #[cfg(feature = "client")]
@@ -398,6 +414,9 @@ enum ReadStrategy {
     Adaptive {
         decrease_now: bool,
         next: usize,
+        /// edgemesh patch: where reads start and the floor they decrease to (hyper:
+        /// `INIT_BUFFER_SIZE` always).
+        min: usize,
         max: usize,
     },
     #[cfg(feature = "client")]
@@ -406,10 +425,23 @@ enum ReadStrategy {
 
 impl ReadStrategy {
     fn with_max(max: usize) -> ReadStrategy {
+        ReadStrategy::with_bounds(INIT_BUFFER_SIZE, max)
+    }
+
+    fn with_bounds(min: usize, max: usize) -> ReadStrategy {
         ReadStrategy::Adaptive {
             decrease_now: false,
-            next: INIT_BUFFER_SIZE,
+            next: min,
+            min,
             max,
+        }
+    }
+
+    fn min(&self) -> usize {
+        match *self {
+            ReadStrategy::Adaptive { min, .. } => min,
+            #[cfg(feature = "client")]
+            ReadStrategy::Exact(_) => INIT_BUFFER_SIZE,
         }
     }
 
@@ -434,8 +466,8 @@ impl ReadStrategy {
             ReadStrategy::Adaptive {
                 decrease_now,
                 next,
+                min,
                 max,
-                ..
             } => {
                 if bytes_read >= *next {
                     *next = cmp::min(incr_power_of_two(*next), *max);
@@ -444,7 +476,7 @@ impl ReadStrategy {
                     let decr_to = prev_power_of_two(*next);
                     if bytes_read < decr_to {
                         if *decrease_now {
-                            *next = cmp::max(decr_to, INIT_BUFFER_SIZE);
+                            *next = cmp::max(decr_to, *min);
                             *decrease_now = false;
                         } else {
                             // Decreasing is a two "record" process.
@@ -559,7 +591,9 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            // edgemesh patch: grown to the first message's head, and kept at its largest; an
+            // 8 KiB buffer up front was mostly unused, for each connection's lifetime.
+            headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -806,6 +840,67 @@ mod tests {
         assert_eq!(strategy.next(), 8192, "doesn't decrement under minimum");
     }
 
+    // edgemesh patch: a server's reads start at SERVER_INIT_READ_SIZE and come back to it, and
+    // a limit set afterwards keeps that floor.
+    #[cfg(feature = "server")]
+    #[test]
+    fn read_strategy_server_starts_small_and_grows() {
+        let mut strategy =
+            ReadStrategy::with_bounds(SERVER_INIT_READ_SIZE, DEFAULT_MAX_BUFFER_SIZE);
+        assert_eq!(strategy.next(), 1024);
+        strategy.record(1024);
+        assert_eq!(
+            strategy.next(),
+            2048,
+            "a read that fills the room doubles the next"
+        );
+        strategy.record(2048);
+        strategy.record(4096);
+        assert_eq!(strategy.next(), 8192);
+        for _ in 0..8 {
+            strategy.record(100);
+        }
+        assert_eq!(
+            strategy.next(),
+            1024,
+            "small reads decrement to the floor, not below"
+        );
+
+        let mut buffered = Buffered::<_, Cursor<Vec<u8>>>::new(Compat::new(Mock::new().build()));
+        assert_eq!(
+            buffered.read_buf_strategy.next(),
+            INIT_BUFFER_SIZE,
+            "a client's default"
+        );
+        buffered.set_read_buf_min(SERVER_INIT_READ_SIZE);
+        buffered.set_max_buf_size(16 * 1024);
+        assert_eq!(buffered.read_buf_strategy.min(), 1024);
+        assert_eq!(buffered.read_buf_strategy.next(), 1024);
+        assert_eq!(buffered.read_buf_strategy.max(), 16 * 1024);
+    }
+
+    // edgemesh patch: a short request head leaves a server's buffer at 1 KiB, and nothing is
+    // allocated for writing until a head is written.
+    #[cfg(feature = "server")]
+    #[tokio::test]
+    async fn server_buffers_stay_small_for_a_short_head() {
+        let mock = Mock::new()
+            .read(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .build();
+        let mut buffered = Buffered::<_, Cursor<Vec<u8>>>::new(Compat::new(mock));
+        buffered.set_read_buf_min(SERVER_INIT_READ_SIZE);
+        assert_eq!(buffered.write_buf.headers.bytes.capacity(), 0);
+        let n = futures_util::future::poll_fn(|cx| buffered.poll_read_from_io(cx))
+            .await
+            .expect("read");
+        assert_eq!(n, 32);
+        assert_eq!(buffered.read_buf.capacity(), 1024);
+        buffered
+            .headers_buf()
+            .extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(buffered.write_buf.headers.bytes.capacity() < 1024);
+    }
+
     #[test]
     fn read_strategy_adaptive_stays_the_same() {
         let mut strategy = ReadStrategy::default();
@@ -915,6 +1010,9 @@ mod tests {
         let b = |s: &str| Cursor::new(s.as_bytes().to_vec());
 
         let mut write_buf = WriteBuf::<Cursor<Vec<u8>>>::new(WriteStrategy::Flatten);
+        // edgemesh patch: the buffer no longer starts at INIT_BUFFER_SIZE; this test's steps
+        // assume room.
+        write_buf.headers.bytes.reserve(INIT_BUFFER_SIZE);
 
         write_buf.buffer(b("hello "));
         write_buf.buffer(b("world, "));

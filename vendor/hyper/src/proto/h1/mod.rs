@@ -11,6 +11,8 @@ pub(crate) use self::dispatch::Dispatcher;
 pub(crate) use self::encode::{EncodedBuf, Encoder};
 //TODO: move out of h1::io
 pub(crate) use self::io::MINIMUM_MAX_BUFFER_SIZE;
+#[cfg(feature = "server")]
+pub(crate) use self::io::SERVER_INIT_READ_SIZE;
 
 mod conn;
 mod decode;

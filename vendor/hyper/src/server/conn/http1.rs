@@ -476,6 +476,8 @@ impl Builder {
         I: Read + Write + Unpin,
     {
         let mut conn = proto::Conn::new(io);
+        // edgemesh patch: reads start small (`SERVER_INIT_READ_SIZE`).
+        conn.set_read_buf_min(proto::h1::SERVER_INIT_READ_SIZE);
         conn.set_h1_parser_config(self.h1_parser_config.clone());
         conn.set_timer(self.timer.clone());
         if !self.h1_keep_alive {
