@@ -10,6 +10,7 @@
 mod access_log;
 mod alloc;
 mod body;
+mod first_bytes;
 mod health;
 mod http;
 pub mod metrics;

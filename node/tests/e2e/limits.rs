@@ -263,6 +263,34 @@ async fn oversized_heads_get_431() {
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out:?}");
 }
 
+/// A client that connects and then sends nothing, or only part of the HTTP/2 preface, is
+/// closed at the header timeout too: it held its connection (and a slot of the connection
+/// limit) for as long as it liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let (node, _up) = start("header_read_timeout_secs = 1").await;
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a silent connection was never closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let after = started.elapsed();
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+            "closed after {after:?}, sent {first:?}"
+        );
+    }
+    // The node still serves.
+    let (code, _) = http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     let (node, _up) = start("header_read_timeout_secs = 1").await;
