@@ -47,6 +47,14 @@ pub(crate) struct Rewind<I> {
     io: I,
 }
 
+impl<I> Rewind<I> {
+    /// Whether the peer sent the HTTP/2 preface (HTTP/2 with prior knowledge, or ALPN `h2`);
+    /// anything else is HTTP/1.
+    pub(crate) fn is_http2(&self) -> bool {
+        &self.pre[..self.len as usize] == H2_PREFACE
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -140,12 +148,23 @@ mod tests {
             "one read: its first byte already differs from the preface"
         );
         assert_eq!(all, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // One read of 24 bytes, none of them the preface's: HTTP/1 all the same.
+        let one = Chunks([&b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n"[..]].into());
+        let long = read(one).await.unwrap();
+        assert_eq!(long.len, 24);
+        assert!(!long.is_http2());
     }
 
     #[tokio::test]
     async fn the_http2_preface_is_read_whole_across_reads() {
         let (took, all) = sniff(&[b"PRI * HTTP", b"/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04"]).await;
         assert_eq!(took, 24, "no more than the preface");
+        let whole = read(Chunks([&H2_PREFACE[..]].into())).await.unwrap();
+        assert!(whole.is_http2());
+        assert!(!read(Chunks([&H2_PREFACE[..23]].into()))
+            .await
+            .unwrap()
+            .is_http2());
         assert_eq!(&all[..24], H2_PREFACE);
         assert_eq!(&all[24..], b"\0\0\0\x04");
     }
