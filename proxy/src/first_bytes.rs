@@ -1,8 +1,8 @@
 //! A connection's first bytes, read before hyper takes it: as many as could begin the
-//! HTTP/2 connection preface (RFC 9113 §3.4), at most 24, then handed back in front of the
-//! stream ([`Rewind`]).
+//! HTTP/2 connection preface (RFC 9113 §3.4), at most 24. They tell which of hyper's servers
+//! gets the connection ([`Rewind::is_http2`]), and are handed back in front of the stream.
 //!
-//! hyper_util's `auto` connection reads them itself, with no time limit: a client that
+//! hyper_util's `auto` connection, used before, read them with no time limit: a client that
 //! connected and then sent nothing (or part of the preface) held its connection, and a slot
 //! of the connection limit, for as long as it liked. hyper's header-read timeout starts only
 //! after. The caller bounds [`read`] with that timeout.
