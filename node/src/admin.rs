@@ -2,41 +2,75 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use http_body_util::BodyExt;
 
 use crate::daemon::{ChangeError, Daemon, PublishError};
 
+/// How long a client of the admin API has to send a request's head, counted from its
+/// connection (or from the previous response on a kept-alive one).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once. At the limit the loop stops accepting (the kernel's
+/// backlog queues the rest) until one closes, as the proxy's listeners do.
+pub const MAX_CONNECTIONS: usize = 64;
+
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: meshctl, curl and Prometheus speak it. hyper's HTTP/1 server runs its
+    // header timeout from the connection's start, so a client that connects and sends
+    // nothing is closed too.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                warn!(
+                    limit = MAX_CONNECTIONS,
+                    "admin API connection limit reached; accepting paused"
+                );
+                let Ok(s) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                s
+            }
+        };
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let daemon = daemon.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
                 let d = daemon.clone();
                 async move { Ok::<_, Infallible>(handle(&d, req).await) }
-            });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
                 debug!(error = %e, "admin connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -80,16 +114,18 @@ async fn put_pool(d: &Daemon, name: &str, req: Request<Incoming>) -> (StatusCode
     }
 }
 
-/// A request body of at most `limit` bytes.
+/// A request body of at most `limit` bytes, arriving within [`BODY_TIMEOUT`].
 async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, (StatusCode, String)> {
-    match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) => Err((
+    let collect = http_body_util::Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body: {e}\n"),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body: not received within {BODY_TIMEOUT:?}\n"),
         )),
     }
 }

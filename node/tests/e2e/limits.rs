@@ -292,6 +292,80 @@ async fn a_client_that_sends_nothing_is_closed_at_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_closes_silent_clients_and_bounds_its_connections() {
+    use edgemesh_node::admin::{HEADER_TIMEOUT, MAX_CONNECTIONS};
+    let (node, _up) = start("").await;
+    let fds_dir = format!("/proc/{}/fd", node.child.id());
+    let fds = || std::fs::read_dir(&fds_dir).unwrap().count();
+    let before = fds();
+    // A request whose body stops arriving, accepted first.
+    let mut stalled = TcpStream::connect(node.admin()).await.unwrap();
+    stalled
+        .write_all(b"PUT /pools/ok HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[\"127.")
+        .await
+        .unwrap();
+    // Twice the limit: half are accepted, half wait in the kernel's backlog. (The count of
+    // the node's descriptors before varies by one or two: other sockets come and go.)
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2 * MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(node.admin()).await.unwrap());
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "the first admin connections",
+        async || fds() + 4 >= before + MAX_CONNECTIONS,
+    )
+    .await;
+    for _ in 0..10 {
+        let open = fds();
+        assert!(
+            open <= before + MAX_CONNECTIONS + 8,
+            "{open} fds with {} silent admin clients, {before} before",
+            2 * MAX_CONNECTIONS
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every one is closed, the first half at the header timeout and the rest one header
+    // timeout after their turn came.
+    let mut closed_at = Vec::new();
+    for mut s in silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("a silent admin connection was never closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        closed_at.push(started.elapsed());
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stalled.read_to_string(&mut answer))
+        .await
+        .expect("the stalled body was never answered")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 ") && answer.contains("not received within"),
+        "{answer}"
+    );
+    closed_at.sort();
+    let (first, last) = (closed_at[0], closed_at[closed_at.len() - 1]);
+    assert!(
+        first >= HEADER_TIMEOUT - Duration::from_millis(200),
+        "the first silent admin client was closed after {first:?}"
+    );
+    assert!(
+        last >= 2 * HEADER_TIMEOUT - Duration::from_millis(200),
+        "the last silent admin client was closed after {last:?}: it was not queued"
+    );
+    // The admin API and the proxy still serve.
+    let (code, body) = http_get(&node.admin(), "/healthz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, _) = http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     let (node, _up) = start("header_read_timeout_secs = 1").await;
     let s = TcpStream::connect(node.addr("http")).await.unwrap();
