@@ -9,6 +9,7 @@ goes between the proxy markers of BENCHMARKS.md.
 
   ROUNDS=3 DURATION=10 bench/run.sh           # defaults
   SCENARIOS=http,tcp_bulk bench/run.sh         # a subset (BENCHMARKS.md is then not written)
+  MEMORY_KINDS=tls SCENARIOS=memory python3 bench/proxies.py   # idle TLS connections instead
 """
 import asyncio
 import datetime
