@@ -214,9 +214,10 @@ async fn copy_chunk(
     flow: &Flow<'_>,
     activity: &AtomicU64,
 ) -> io::Result<bool> {
-    let mut buf = vec![0u8; COPY_BYTES];
+    // Read into the spare capacity, not zeroed first.
+    let mut buf = Vec::with_capacity(COPY_BYTES);
     let got = loop {
-        match from.try_read(&mut buf) {
+        match from.try_read_buf(&mut buf) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => from.readable().await?,
             Err(e) => return Err(e),
