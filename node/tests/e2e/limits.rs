@@ -127,6 +127,15 @@ async fn metrics(node: &harness::Node) -> String {
     http_get(&node.admin(), "/metrics").await.unwrap().1
 }
 
+/// The status of one request to the `ok` route, on a fresh connection: whether the node
+/// still serves.
+async fn ok_status(node: &harness::Node) -> u16 {
+    let (code, _) = http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
+        .await
+        .unwrap();
+    code
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
     let (node, up) = start("upstream_response_timeout_secs = 1").await;
@@ -224,10 +233,7 @@ async fn an_upstream_that_never_accepts_gets_504_after_the_connect_timeout() {
         m.contains("edgemesh_upstream_timeouts_total{pool=\"full\"} 1"),
         "{m}"
     );
-    let (code, _) = http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    assert_eq!(ok_status(&node).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,10 +291,7 @@ async fn a_client_that_sends_nothing_is_closed_at_the_header_timeout() {
         );
     }
     // The node still serves.
-    let (code, _) = http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    assert_eq!(ok_status(&node).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,10 +362,7 @@ async fn the_admin_api_closes_silent_clients_and_bounds_its_connections() {
     // The admin API and the proxy still serve.
     let (code, body) = http_get(&node.admin(), "/healthz").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    let (code, _) = http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
+    assert_eq!(ok_status(&node).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,11 +391,7 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     });
     // Others are served meanwhile.
     for _ in 0..10 {
-        let (code, _) =
-            http_request_host(&node.addr("http").to_string(), "GET", "/", Some("ok.test"))
-                .await
-                .unwrap();
-        assert_eq!(code, 200);
+        assert_eq!(ok_status(&node).await, 200);
     }
     let after = tokio::time::timeout(Duration::from_secs(10), cut)
         .await
