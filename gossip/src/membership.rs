@@ -409,9 +409,9 @@ impl Membership {
     /// although it is alive: 64 of 500 simulated minutes had a false "down" at 5 members and
     /// 20% loss. Sending the suspicion straight to its subject (Lifeguard's "buddy system";
     /// memberlist does the same) gives it a copy from every member that knows, every probe
-    /// period, and [`Membership::datagram`] answers the sender directly. The
-    /// notice is an ordinary foca datagram: a `Gossip` message whose only update is the
-    /// suspicion, so the receiver's foca refutes it as it would any other copy.
+    /// period, and [`Membership::datagram`] answers the sender directly. The notice is an
+    /// ordinary foca datagram: a `Gossip` message whose only update is the suspicion, so the
+    /// receiver's foca refutes it as it would any other copy.
     fn tell_suspects(&mut self, fx: &mut Effects) {
         let suspects: Vec<(NodeIdentity, Incarnation)> = self
             .foca
@@ -421,13 +421,12 @@ impl Membership {
             .collect();
         self.told.retain(|t| suspects.contains(t));
         for (id, incarnation) in suspects {
-            if self.told.contains(&(id.clone(), incarnation)) {
+            if !self.told.insert((id.clone(), incarnation)) {
                 continue;
             }
             if let Some(data) = self.suspicion_notice(&id, incarnation) {
-                fx.send.push((id.clone(), data));
+                fx.send.push((id, data));
             }
-            self.told.insert((id, incarnation));
         }
     }
 
