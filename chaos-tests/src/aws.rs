@@ -159,6 +159,16 @@ pub async fn sdk_config(endpoint: SocketAddr) -> aws_config::SdkConfig {
         .await
 }
 
+/// A CreateService client token: the SDK sends the same one on each retry of a request, so
+/// a retry of a create that succeeded starts no second set of tasks (ECS, and the emulator,
+/// make CreateService idempotent by it); unique per call, at most 36 characters.
+pub fn client_token(service: &str) -> String {
+    let n = CALLER.fetch_add(1, Ordering::Relaxed);
+    let mut token = format!("{n}-{service}");
+    token.truncate(36);
+    token
+}
+
 impl Aws {
     pub async fn new(endpoint: SocketAddr, host: &str) -> Aws {
         let conf = sdk_config(endpoint).await;
@@ -334,7 +344,8 @@ impl Aws {
             .cluster("edge")
             .service_name(name)
             .task_definition(td)
-            .desired_count(count);
+            .desired_count(count)
+            .client_token(client_token(name));
         if let Some((subnet, sg)) = awsvpc {
             req = req.network_configuration(self::awsvpc(subnet, sg));
         }

@@ -777,6 +777,7 @@ async fn ecs_scale_report() {
                     .service_name(&name)
                     .task_definition(td)
                     .desired_count(TASKS_EACH)
+                    .client_token(edgemesh_chaos_tests::aws::client_token(&name))
                     .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
                     .network_configuration(nc)
                     .send()
