@@ -165,6 +165,23 @@ def _task_def_arn(service):
     return td if isinstance(td, str) else td.arn
 
 
+def _serialized(f):
+    # The server answers requests on threads, and moto's models are not thread-safe: two
+    # CreateService calls at once made _task_init's ENI lookup fail ("dictionary changed size
+    # during iteration") after some of the service's tasks had started, and answer 500; the
+    # SDK's retry then started them again (1,066 calls and 5,176 tasks for 1,000 services of
+    # 5). ECS does neither, so the calls that start or stop tasks run one at a time.
+    def run(*args, **kwargs):
+        with _model_lock:
+            return f(*args, **kwargs)
+
+    return run
+
+
+_model_lock = threading.RLock()
+
+
+@_serialized
 def create_service(self, cluster_str, service_name, desired_count, *args, **kwargs):
     service = _orig_create_service(
         self, cluster_str, service_name, desired_count, *args, **kwargs
@@ -174,6 +191,7 @@ def create_service(self, cluster_str, service_name, desired_count, *args, **kwar
     return service
 
 
+@_serialized
 def update_service(self, props):
     cluster = props.get("cluster", "default")
     name = props["service"].split("/")[-1]
@@ -199,6 +217,7 @@ def update_service(self, props):
     return service
 
 
+@_serialized
 def delete_service(self, cluster_name, service_name, force):
     service = self._get_service(cluster_name, service_name)
     # ECS: deleting a service (forced or scaled to zero) stops its tasks.
