@@ -260,25 +260,25 @@ EC2ContainerServiceResponse.list_tasks = list_tasks_response
 
 _orig_create_service_response = EC2ContainerServiceResponse.create_service
 _client_tokens = {}  # (account, region, cluster, clientToken) -> the service it created
-_token_lock = threading.Lock()
 
 
+@_serialized
 def create_service_response(self):
     # ECS: CreateService is idempotent by clientToken: a request whose token already created a
     # service in that cluster answers with that service and changes nothing, so a client's
     # retry of a create that succeeded starts no second set of tasks (moto ignores the token,
-    # replaces the service, and the launch above starts its tasks again). The lock makes a
-    # retry that arrives while the first attempt is still being served wait for it.
+    # replaces the service, and the launch above starts its tasks again). The model lock (an
+    # RLock, re-entered by create_service below) makes a retry that arrives while the first
+    # attempt is still being served wait for it.
     token = self._get_param("clientToken")
     if not token:
         return _orig_create_service_response(self)
     key = (self.current_account, self.region, self._get_param("cluster", "default"), token)
-    with _token_lock:
-        if key not in _client_tokens:
-            result = _orig_create_service_response(self)
-            _client_tokens[key] = result.result["service"]
-            return result
-        return ActionResult({"service": _client_tokens[key]})
+    if key not in _client_tokens:
+        result = _orig_create_service_response(self)
+        _client_tokens[key] = result.result["service"]
+        return result
+    return ActionResult({"service": _client_tokens[key]})
 
 
 EC2ContainerServiceResponse.create_service = create_service_response
