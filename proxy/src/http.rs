@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -35,7 +35,7 @@ pub type RespBody = Either<Metered<Incoming>, Full<Bytes>>;
 /// and hyper's connection task, and each pooled connection's queue keeps 32 slots of one.
 pub type ReqBody = Either<Box<Metered<Incoming>>, Empty<Bytes>>;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
@@ -44,6 +44,9 @@ pub struct ConnInfo {
     /// Negotiated TLS version and the client's SNI, for the access log.
     pub tls_version: Option<&'static str>,
     pub sni: Option<Arc<str>>,
+    /// Set when the connection's first request head is complete (the service is called):
+    /// the server's deadline for that head ends there.
+    pub(crate) head_seen: AtomicBool,
 }
 
 impl ConnInfo {
@@ -55,6 +58,7 @@ impl ConnInfo {
             client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             tls_version: None,
             sni: None,
+            head_seen: AtomicBool::new(false),
         }
     }
 }

@@ -413,6 +413,41 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     trickle.abort();
 }
 
+/// The first head's clock starts at the connection, not at its first byte: a client that
+/// waits most of the timeout and then trickles a head is cut one timeout after it connected
+/// (it was cut almost two after, when hyper's own timer, which starts after the first bytes,
+/// was the only one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_first_byte_does_not_extend_the_first_heads_timeout() {
+    let (node, _up) = start("header_read_timeout_secs = 2").await;
+    let mut s = TcpStream::connect(node.addr("http")).await.unwrap();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let head = b"GET / HTTP/1.1\r\nHost: ok.test\r\nX-Slow: ";
+    let mut buf = [0u8; 64];
+    for b in head.iter().chain(std::iter::repeat(&b'a')) {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => panic!("answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the trickling connection was never cut"
+        );
+    }
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1900) && after < Duration::from_secs(3),
+        "cut {after:?} after connecting (header timeout 2 s, first byte after 1.6 s)"
+    );
+    // The node still serves.
+    assert_eq!(ok_status(&node).await, 200);
+}
+
 /// Reads one response of a keep-alive exchange: the head and a `Content-Length` body.
 async fn read_response(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
