@@ -674,10 +674,8 @@ where
     // `http::handle` boxes each exchange's future (see `http::Exchange`).
     let info = Arc::new(info);
     let conn_info = info.clone();
-    let svc = service_fn(move |req| {
-        info.head_seen.store(true, Ordering::Relaxed);
-        http::handle(&svc_shared, &info, req)
-    });
+    // `http::handle` sets `head_seen`.
+    let svc = service_fn(move |req| http::handle(&svc_shared, &info, req));
     // An HTTP/1 connection is kept in this future, an HTTP/2 one boxed: its state is over
     // twice the size (1,488 bytes against 640), and most connections are HTTP/1. hyper_util's
     // `auto` connection, used before, was as large as the HTTP/2 one for every connection.
