@@ -44,8 +44,10 @@ pub struct ConnInfo {
     /// Negotiated TLS version and the client's SNI, for the access log.
     pub tls_version: Option<&'static str>,
     pub sni: Option<Arc<str>>,
-    /// Set when the connection's first request head is complete (the service is called):
-    /// the server's deadline for that head ends there.
+    /// When the connection's first request head must be complete (set by the server), and
+    /// whether it is (set when the service is called). Kept here, on the heap, rather than in
+    /// the server's future, which lives as long as the connection.
+    pub(crate) head_deadline: Option<tokio::time::Instant>,
     pub(crate) head_seen: AtomicBool,
 }
 
@@ -58,6 +60,7 @@ impl ConnInfo {
             client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             tls_version: None,
             sni: None,
+            head_deadline: None,
             head_seen: AtomicBool::new(false),
         }
     }
