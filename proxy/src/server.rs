@@ -739,7 +739,7 @@ where
     // Usually the whole head came with the first bytes and is in after one poll: no timer
     // is registered then. Otherwise the wait is boxed: this future is part of every HTTP/1
     // connection's, kept for its lifetime, and inline the wait (a timer, the drain watch)
-    // made that 88 bytes larger.
+    // made that 128 bytes larger (1,400 against 1,272).
     if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(step(cx))).await {
         return r;
     }
