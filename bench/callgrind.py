@@ -6,6 +6,8 @@ counted by valgrind's callgrind: repeatable whatever else the machine does, unli
   python3 bench/callgrind.py [REQUESTS] --access-log   # edgemesh with and without [access_log]
   python3 bench/callgrind.py [SECONDS] --tls           # per full TLS 1.3 handshake (default 20 s
                                                        # of proxy/examples/tls_load, 4 at a time)
+  python3 bench/callgrind.py [REQUESTS] --h2           # per HTTP/2 request, edgemesh alone
+                                                       # (cleartext, 16 connections x 10 streams)
   CACHE_SIM=1 python3 bench/callgrind.py ...            # also cache misses (callgrind_annotate)
 
 Counts only the load phase (counters zeroed after a warm-up, dumped after exactly REQUESTS
@@ -27,12 +29,14 @@ ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 TLS = "--tls" in sys.argv
 N = int(ARGS[0]) if ARGS else (20 if TLS else 20000)
 ACCESS_LOG = "--access-log" in sys.argv
+H2 = "--h2" in sys.argv
 CACHE_SIM = ["--cache-sim=yes"] if os.environ.get("CACHE_SIM") else []
 
 
-def load(port, n):
-    out = P.sh("h2load", "--h1", "-n", str(n), "-c16",
-               f"http://127.0.0.1:{port}/")
+def load(port, n, h2=False):
+    # HTTP/2: cleartext with prior knowledge (edgemesh's HTTP listener tells it by the preface).
+    mode = ["-m10"] if h2 else ["--h1"]
+    out = P.sh("h2load", *mode, "-n", str(n), "-c16", f"http://127.0.0.1:{port}/")
     if f"{n} succeeded" not in out:
         sys.exit(f"not every request succeeded:\n{out}")
     return n
@@ -129,6 +133,12 @@ endpoints = ["127.0.0.1:{P.BACKEND}"]
         conf = edgemesh_conf("edgemesh")
         if TLS:
             tls_handshakes(edgemesh_conf, env)
+            return
+        if H2:
+            e, e_out = count("edgemesh_h2", [P.EDGE, "--config", conf], port, env,
+                             lambda warm_up: load(port, 2000 if warm_up else N, h2=True))
+            print(f"user-space instructions per HTTP/2 request: edgemesh {e:,.0f}")
+            print(f"edgemesh's profile of the load phase: {e_out}")
             return
         if ACCESS_LOG:
             # Every thread counts, the log writer's too.

@@ -11,6 +11,7 @@ mod access_log;
 mod alloc;
 mod body;
 mod first_bytes;
+mod h2_idle;
 mod health;
 mod http;
 pub mod metrics;

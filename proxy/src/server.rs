@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::access_log::{AccessLog, AccessLogSpec};
 use crate::first_bytes;
+use crate::h2_idle::{Streams, Tracked};
 use crate::health;
 use crate::http::{self, ConnInfo};
 use crate::metrics::{ConnectionGuard, Direction, Metrics};
@@ -46,7 +47,8 @@ pub struct ProxySettings {
     /// Time a client has to send a complete request head (slowloris guard), counted for the
     /// first one from the connection's start (after its TLS handshake). The clock also runs
     /// while a keep-alive connection waits for its next request, so it is the longest such a
-    /// connection may sit idle too.
+    /// connection may sit idle too. An HTTP/2 connection with no open stream for this long is
+    /// sent GOAWAY (`h2_idle`).
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) in bytes; larger ones get 431.
     pub max_header_bytes: usize,
@@ -673,17 +675,17 @@ where
         }
         _ = drain.changed() => return,
     };
-    let (svc_shared, svc_info) = (shared.clone(), info.clone());
-    // `http::handle` boxes each exchange's future (see `http::Exchange`), and sets
-    // `head_seen`.
-    let svc = service_fn(move |req| http::handle(&svc_shared, &svc_info, req));
-    // An HTTP/1 connection is kept in this future, an HTTP/2 one boxed: its state is over
-    // twice the size (1,488 bytes against 640), and most connections are HTTP/1. hyper_util's
-    // `auto` connection, used before, was as large as the HTTP/2 one for every connection.
+    // An HTTP/1 connection is kept in this future, an HTTP/2 one boxed with its idle watch:
+    // its state is over twice the size (1,488 bytes against 640), and most connections are
+    // HTTP/1. hyper_util's `auto` connection, used before, was as large as the HTTP/2 one
+    // for every connection.
     let result = if io.is_http2() {
-        let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(io), svc));
-        drive(&mut drain, conn.as_mut(), None, |c| c.graceful_shutdown()).await
+        Some(Box::pin(serve_h2(&shared, TokioIo::new(io), &info, &mut drain)).await)
     } else {
+        let (svc_shared, svc_info) = (shared.clone(), info.clone());
+        // `http::handle` boxes each exchange's future (see `http::Exchange`), and sets
+        // `head_seen`.
+        let svc = service_fn(move |req| http::handle(&svc_shared, &svc_info, req));
         let conn = shared
             .h1
             .serve_connection(TokioIo::new(io), svc)
@@ -704,6 +706,62 @@ where
         } else {
             debug!(peer = %info.peer, error = %e, "HTTP connection ended with error");
         }
+    }
+}
+
+/// How long an idle HTTP/2 connection that was sent GOAWAY has to acknowledge it (the PING
+/// that follows it) before it is closed: a client that never does would keep it open.
+const H2_GOAWAY_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves an HTTP/2 connection (boxed: see `serve_http`) to its end. One with no open stream
+/// for the header timeout, from its start or since its last stream closed, is shut down
+/// gracefully (GOAWAY), and closed if it has still none [`H2_GOAWAY_GRACE`] later.
+async fn serve_h2<I>(
+    shared: &Arc<Shared>,
+    io: TokioIo<I>,
+    info: &Arc<ConnInfo>,
+    drain: &mut watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The connection's start, from its first head's deadline (`serve_http` sets it): kept
+    // there rather than in the caller's future, which every HTTP/1 connection has.
+    let timeout = shared.settings.header_read_timeout;
+    let started = info
+        .head_deadline
+        .map_or_else(tokio::time::Instant::now, |d| d - timeout);
+    let streams = Arc::new(Streams::new(started));
+    let (svc_shared, svc_info, svc_streams) = (shared.clone(), info.clone(), streams.clone());
+    let svc = service_fn(move |req| {
+        let stream = svc_streams.open();
+        let exchange = http::handle(&svc_shared, &svc_info, req);
+        async move {
+            let resp = exchange.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, stream)))
+        }
+    });
+    // Inline: the caller boxes this whole future.
+    let mut conn = std::pin::pin!(shared.h2.serve_connection(io, svc));
+    let (mut timeout, mut from) = (timeout, started);
+    let mut told = false;
+    loop {
+        let idle = streams.idle_for(timeout, from);
+        let served = tokio::select! {
+            r = drive(drain, conn.as_mut(), None, |c| c.graceful_shutdown()) => r,
+            () = idle => None,
+        };
+        if let Some(result) = served {
+            return result;
+        }
+        if told {
+            debug!(peer = %info.peer, "idle HTTP/2 connection did not close after its GOAWAY; closed");
+            return Ok(());
+        }
+        debug!(peer = %info.peer, timeout_ms = timeout.as_millis() as u64, "HTTP/2 connection idle; GOAWAY");
+        conn.as_mut().graceful_shutdown();
+        told = true;
+        (timeout, from) = (H2_GOAWAY_GRACE, tokio::time::Instant::now());
     }
 }
 

@@ -749,3 +749,157 @@ async fn h2_requests_with_repeated_content_lengths_never_reach_the_upstream() {
     let m = metrics(&node).await;
     assert!(m.contains("edgemesh_malformed_requests_total 1\n"), "{m}");
 }
+
+/// Every frame until the connection ends or `limit` passes, with the time each came (from
+/// `t0`); PINGs are acknowledged when `answer_pings`, and one is sent every 300 ms when
+/// `send_pings` (a client keeping an idle connection warm).
+async fn h2_frames_to_end(
+    s: &mut TcpStream,
+    t0: Instant,
+    limit: Duration,
+    answer_pings: bool,
+    send_pings: bool,
+) -> (Vec<(u8, u32, Vec<u8>, Duration)>, Option<Duration>) {
+    let mut frames = Vec::new();
+    let mut ping = tokio::time::interval(Duration::from_millis(300));
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::select! {
+            r = tokio::time::timeout_at((t0 + limit).into(), s.read_exact(&mut head)) => r,
+            _ = ping.tick(), if send_pings => {
+                s.write_all(b"\0\0\x08\x06\0\0\0\0\0keepwarm").await.unwrap();
+                continue;
+            }
+        };
+        match read {
+            Err(_) => return (frames, None),
+            Ok(Err(_)) => return (frames, Some(t0.elapsed())),
+            Ok(Ok(_)) => {}
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            return (frames, Some(t0.elapsed()));
+        }
+        if answer_pings && head[3] == 0x6 && head[4] & 0x1 == 0 {
+            let mut ack = b"\0\0\x08\x06\x01\0\0\0\0".to_vec();
+            ack.extend(&payload);
+            // The server may close first once it has the acknowledgement.
+            let _ = s.write_all(&ack).await;
+        }
+        frames.push((head[3], stream, payload, t0.elapsed()));
+    }
+}
+
+/// The last-stream-id of each GOAWAY among `frames`, with when it came.
+fn goaways(frames: &[(u8, u32, Vec<u8>, Duration)]) -> Vec<(u32, Duration)> {
+    frames
+        .iter()
+        .filter(|f| f.0 == 0x7)
+        .map(|f| {
+            let id = u32::from_be_bytes(f.2[..4].try_into().unwrap()) & 0x7fff_ffff;
+            (id, f.3)
+        })
+        .collect()
+}
+
+/// An HTTP/2 connection with no open stream for the header timeout is sent GOAWAY and
+/// closed, as an idle HTTP/1 connection is: after the preface alone, while the client only
+/// sends PINGs, and after its last response. A client that acknowledges the GOAWAY's PING is
+/// closed gracefully (the final GOAWAY names its last stream); one that does not is closed
+/// anyway, 2 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_with_no_open_stream_is_closed_at_the_header_timeout() {
+    let (node, _up) = start("header_read_timeout_secs = 1").await;
+    for (what, answer_pings, send_pings) in [
+        ("preface only, PINGs not answered", false, false),
+        ("PINGs only", true, true),
+    ] {
+        let t0 = Instant::now();
+        let (mut s, _) = h2_open(&node).await;
+        let (frames, closed) = h2_frames_to_end(
+            &mut s,
+            t0,
+            Duration::from_secs(10),
+            answer_pings,
+            send_pings,
+        )
+        .await;
+        let closed = closed.unwrap_or_else(|| panic!("{what}: never closed: {frames:?}"));
+        let first = goaways(&frames);
+        let (id, at) = *first
+            .first()
+            .unwrap_or_else(|| panic!("{what}: no GOAWAY: {frames:?}"));
+        assert_eq!(
+            id, 0x7fff_ffff,
+            "{what}: the first GOAWAY announces the shutdown"
+        );
+        assert!(
+            at >= Duration::from_millis(900) && at < Duration::from_secs(3),
+            "{what}: GOAWAY after {at:?} (header timeout 1 s)"
+        );
+        if answer_pings {
+            assert_eq!(first.last().unwrap().0, 0, "{what}: final GOAWAY {first:?}");
+            assert!(
+                closed < at + Duration::from_secs(1),
+                "{what}: closed at {closed:?}"
+            );
+        } else {
+            // Closed at the grace's end: the client never acknowledged.
+            assert!(
+                closed >= at + Duration::from_millis(1800) && closed < at + Duration::from_secs(4),
+                "{what}: GOAWAY at {at:?}, closed at {closed:?}"
+            );
+        }
+    }
+    // After a response: the clock starts when the stream closes.
+    let (mut s, _) = h2_open(&node).await;
+    s.write_all(&h2_headers(1, false, "ok.test", &[], true))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        h2_frames_until(&mut s, |t, id| t == 0x0 && id == 1),
+    )
+    .await
+    .expect("no response on stream 1");
+    assert!(got.iter().any(|f| f.0 == 0x1 && f.3[0] == 0x88), "{got:?}");
+    let t0 = Instant::now();
+    let (frames, closed) = h2_frames_to_end(&mut s, t0, Duration::from_secs(10), true, false).await;
+    let gone = goaways(&frames);
+    assert!(closed.is_some(), "never closed: {frames:?}");
+    assert_eq!(gone.last().map(|g| g.0), Some(1), "{gone:?}");
+    let at = gone[0].1;
+    assert!(
+        at >= Duration::from_millis(800) && at < Duration::from_secs(3),
+        "GOAWAY {at:?} after the response (header timeout 1 s)"
+    );
+    assert_eq!(ok_status(&node).await, 200);
+}
+
+/// A stream in flight (the upstream thinking) keeps its connection open past the header
+/// timeout: the idle clock runs only while no stream is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_h2_stream_keeps_its_connection_past_the_header_timeout() {
+    let (node, up) =
+        start("header_read_timeout_secs = 1\nupstream_response_timeout_secs = 60").await;
+    let (mut s, _) = h2_open(&node).await;
+    s.write_all(&h2_headers(1, false, "silent.test", &[], true))
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the request to reach the upstream",
+        async || up.silent_seen.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    let t0 = Instant::now();
+    let (frames, closed) = h2_frames_to_end(&mut s, t0, Duration::from_secs(3), true, false).await;
+    assert_eq!(closed, None, "closed with a stream open: {frames:?}");
+    assert!(
+        goaways(&frames).is_empty(),
+        "GOAWAY with a stream open: {frames:?}"
+    );
+    assert_eq!(up.silent_closed.load(Ordering::SeqCst), 0);
+}
