@@ -840,11 +840,9 @@ async fn an_h2_connection_with_no_open_stream_is_closed_at_the_header_timeout() 
             "{what}: GOAWAY after {at:?} (header timeout 1 s)"
         );
         if answer_pings {
+            // The final GOAWAY, which h2 sends only once its PING is acknowledged, names the
+            // last stream (none).
             assert_eq!(first.last().unwrap().0, 0, "{what}: final GOAWAY {first:?}");
-            assert!(
-                closed < at + Duration::from_secs(1),
-                "{what}: closed at {closed:?}"
-            );
         } else {
             // Closed at the grace's end: the client never acknowledged.
             assert!(
