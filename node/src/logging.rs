@@ -1,5 +1,7 @@
 //! One log stream on stdout: human text by default, JSON lines with
 //! `EDGEMESH_LOG_FORMAT=json`. Level filter from `EDGEMESH_LOG` (then `RUST_LOG`), default info.
+//! Release builds compile trace-level events and spans out (the workspace's `tracing`
+//! feature `release_max_level_debug`), so debug is the finest level they log.
 
 use tracing_subscriber::EnvFilter;
 
