@@ -747,6 +747,8 @@ where
     let mut told = false;
     loop {
         let idle = streams.idle_for(timeout, from);
+        // Without a first head to wait for, `drive` always ends with `Some`: `None` here is
+        // the idle watch's.
         let served = tokio::select! {
             r = drive(drain, conn.as_mut(), None, |c| c.graceful_shutdown()) => r,
             () = idle => None,

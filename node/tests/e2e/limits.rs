@@ -593,8 +593,18 @@ fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, u8, u32, Vec<u8>)> {
 
 /// Reads HTTP/2 frames until one matches `want` (type, stream) or the connection ends;
 /// returns (type, flags, stream, payload) of every frame read. Reads no further than that
-/// frame: the next call gets what follows.
+/// frame: the next call gets what follows. Panics with `waiting_for` after 5 s.
 async fn h2_frames_until(
+    s: &mut TcpStream,
+    want: impl Fn(u8, u32) -> bool,
+    waiting_for: &str,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    tokio::time::timeout(Duration::from_secs(5), h2_read_until(s, want))
+        .await
+        .unwrap_or_else(|_| panic!("no frame in 5 s: {waiting_for}"))
+}
+
+async fn h2_read_until(
     s: &mut TcpStream,
     want: impl Fn(u8, u32) -> bool,
 ) -> Vec<(u8, u8, u32, Vec<u8>)> {
@@ -624,12 +634,7 @@ async fn h2_open(node: &harness::Node) -> (TcpStream, Vec<u8>) {
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .unwrap();
-    let settings = tokio::time::timeout(
-        Duration::from_secs(5),
-        h2_frames_until(&mut s, |t, _| t == 0x4),
-    )
-    .await
-    .unwrap();
+    let settings = h2_frames_until(&mut s, |t, _| t == 0x4, "the server's SETTINGS").await;
     let payload = settings.last().expect("no SETTINGS").3.clone();
     s.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap(); // SETTINGS ACK
     (s, payload)
@@ -653,12 +658,12 @@ async fn h2_streams_past_the_limit_are_refused() {
             .await
             .unwrap();
     }
-    let frames = tokio::time::timeout(
-        Duration::from_secs(5),
-        h2_frames_until(&mut s, |t, id| t == 0x3 && id == 5),
+    let frames = h2_frames_until(
+        &mut s,
+        |t, id| t == 0x3 && id == 5,
+        "RST_STREAM for the stream past the limit",
     )
-    .await
-    .expect("no RST_STREAM for the stream past the limit");
+    .await;
     let (kind, _, id, payload) = frames.last().unwrap();
     assert_eq!((*kind, *id), (0x3, 5), "{frames:?}");
     assert_eq!(payload[..], 7u32.to_be_bytes(), "REFUSED_STREAM expected");
@@ -672,12 +677,7 @@ async fn h2_streams_past_the_limit_are_refused() {
     s.write_all(b"\0\0\x08\x06\0\0\0\0\0pingping")
         .await
         .unwrap(); // PING
-    let pong = tokio::time::timeout(
-        Duration::from_secs(5),
-        h2_frames_until(&mut s, |t, _| t == 0x6),
-    )
-    .await
-    .unwrap();
+    let pong = h2_frames_until(&mut s, |t, _| t == 0x6, "the PING's answer").await;
     assert_eq!(pong.last().unwrap().0, 0x6, "{pong:?}");
     assert!(!pong.iter().any(|f| f.0 == 0x7), "GOAWAY: {pong:?}");
 }
@@ -738,12 +738,12 @@ async fn h2_requests_with_repeated_content_lengths_never_reach_the_upstream() {
     let mut reset = std::collections::HashMap::new();
     let mut ended = std::collections::HashSet::new();
     while ended.len() < 3 {
-        let got = tokio::time::timeout(
-            Duration::from_secs(5),
-            h2_frames_until(&mut s, |t, id| matches!(t, 0x0 | 0x1 | 0x3) && id % 2 == 1),
+        let got = h2_frames_until(
+            &mut s,
+            |t, id| matches!(t, 0x0 | 0x1 | 0x3) && id % 2 == 1,
+            &format!("streams {ended:?} of 1, 3, 5 ended; then nothing"),
         )
-        .await
-        .unwrap_or_else(|_| panic!("streams {ended:?} of 1, 3, 5 ended; then nothing"));
+        .await;
         assert!(!got.iter().any(|f| f.0 == 0x7), "GOAWAY: {got:?}");
         let (kind, flags, id, payload) = got.last().cloned().unwrap_or_default();
         match kind {
@@ -880,12 +880,12 @@ async fn an_h2_connection_with_no_open_stream_is_closed_at_the_header_timeout() 
     s.write_all(&h2_headers(1, false, "ok.test", &[], true))
         .await
         .unwrap();
-    let got = tokio::time::timeout(
-        Duration::from_secs(5),
-        h2_frames_until(&mut s, |t, id| t == 0x0 && id == 1),
+    let got = h2_frames_until(
+        &mut s,
+        |t, id| t == 0x0 && id == 1,
+        "a response on stream 1",
     )
-    .await
-    .expect("no response on stream 1");
+    .await;
     assert!(got.iter().any(|f| f.0 == 0x1 && f.3[0] == 0x88), "{got:?}");
     let t0 = Instant::now();
     let (frames, closed) = h2_frames_to_end(&mut s, t0, Duration::from_secs(10), true, false).await;
