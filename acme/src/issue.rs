@@ -142,8 +142,25 @@ pub(crate) fn other(step: &'static str, message: impl std::fmt::Display) -> Acme
 }
 
 /// Opens the account from `stored` credentials (JSON), or creates one. Returns the account
-/// and the credentials to persist (the same JSON when it was stored).
+/// and the credentials to persist (the same JSON when it was stored). Transient failures (a
+/// rejected nonce, a connection error) are tried again, up to [`ATTEMPTS`] in all: a
+/// rejected nonce means the CA did not act on the request (RFC 8555, section 6.5).
 pub async fn open_account(
+    cfg: &DirectoryConfig,
+    stored: Option<&str>,
+) -> Result<(Acme, String), AcmeError> {
+    let mut attempt = 1;
+    loop {
+        match open_account_once(cfg, stored).await {
+            Err(e) if again(&e, &mut attempt).await => {
+                tracing::warn!(attempt, error = %e, "opening the ACME account failed; trying again");
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn open_account_once(
     cfg: &DirectoryConfig,
     stored: Option<&str>,
 ) -> Result<(Acme, String), AcmeError> {

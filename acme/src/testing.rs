@@ -182,10 +182,12 @@ impl Pebble {
 
     /// Certificates pebble has issued so far (from its log).
     pub fn issued(&self) -> usize {
-        std::fs::read_to_string(self._dir.path().join("pebble.log"))
-            .unwrap_or_default()
-            .matches("Issued certificate serial")
-            .count()
+        self.log().matches("Issued certificate serial").count()
+    }
+
+    /// What pebble has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("pebble.log")).unwrap_or_default()
     }
 
     pub fn config(&self) -> DirectoryConfig {

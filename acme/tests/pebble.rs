@@ -222,6 +222,23 @@ async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
     .unwrap();
 }
 
+/// A rejected nonce means the CA did not act: opening the account asks again, a bounded
+/// number of times, and then says it was the nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_account_tries_again_after_rejected_nonces_then_gives_up() {
+    let pebble = Pebble::start(0, &[("PEBBLE_WFE_NONCEREJECT", "100")]);
+    let e = open_account(&pebble.config(), None)
+        .await
+        .err()
+        .expect("every nonce is rejected");
+    assert_eq!(e.step, "new account", "{e}");
+    assert!(e.transient && e.message.contains("badNonce"), "{e}");
+    // 5 attempts, each of which instant-acme sends 3 times with the nonce the last
+    // rejection carried.
+    let asked = pebble.log().matches("POST /sign-me-up").count();
+    assert_eq!(asked, 5 * 3, "account requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_validation_is_an_error_naming_the_step() {
     let port = serve_tokens(Tokens::default()).await;
