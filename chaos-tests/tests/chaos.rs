@@ -417,7 +417,17 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
     let upstream = start_backend(&mut lab, &backend);
     let key = key_file(&lab, "cluster.key");
     let pools = static_pool(&[&upstream]);
-    start_members(&mut lab, &nodes, &nodes[0], &key, None, &pools, &[]);
+    // Suspicions and their answers logged, for the failure message.
+    let gossip_debug = [("EDGEMESH_LOG", "info,edgemesh_gossip=debug".to_string())];
+    start_members(
+        &mut lab,
+        &nodes,
+        &nodes[0],
+        &key,
+        None,
+        &pools,
+        &gossip_debug,
+    );
     wait_for("five members", Duration::from_secs(60), || {
         sees_all(&lab, &nodes).then_some(())
     });
@@ -450,10 +460,12 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
         .collect::<Vec<_>>();
     let (downs, load) = traffic_while(&lab, &client_rt, &nodes, &targets, loss_secs);
     lab.heal();
+    let (told, answered) = suspicions(&lab, &nodes);
     let (ok, failed, bytes, _) = load;
     assert!(
         downs.is_empty(),
-        "members declared down under 20% loss: {downs:?}"
+        "members declared down under 20% loss: {downs:?} ({told} suspicion notices, {answered} answers)\n{}",
+        membership_lines(&lab, &nodes)
     );
     assert!(ok > 0, "no request got through");
     report(&Row {
@@ -461,7 +473,7 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
         invariant: "no live member declared down; traffic keeps flowing".into(),
         result: "pass".into(),
         figures: format!(
-            "members declared down: 0; {ok} requests answered ({bytes} body bytes), {failed} failed (8 keep-alive clients, 5 s limit per request); no 5 s without answers"
+            "members declared down: 0 ({told} suspicion notices sent, {answered} answered); {ok} requests answered ({bytes} body bytes), {failed} failed (8 keep-alive clients, 5 s limit per request); no 5 s without answers"
         ),
     });
 
@@ -550,6 +562,39 @@ fn declared_down(lab: &Lab, nodes: &[Host], who: &Host) -> Duration {
 /// Runs the counting load against `targets` for `secs`, polling every member's view each
 /// second: the members any of them declared down, and the load's (ok, failed, bytes, secs).
 /// Panics when 5 s pass without an answered request.
+/// Every member's last log lines about membership changes and suspicions, for a failure
+/// message.
+fn membership_lines(lab: &Lab, nodes: &[Host]) -> String {
+    let mut out = String::new();
+    for h in nodes {
+        let log = lab.log(&h.name);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                ["member", "suspect", "stalled"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        for line in &lines[lines.len().saturating_sub(60)..] {
+            out.push_str(&format!("{}: {line}\n", h.name));
+        }
+    }
+    out
+}
+
+/// Suspicion notices the members sent (one per suspect per probe period while a suspicion
+/// lasts) and the answers suspects sent back, from their debug logs.
+fn suspicions(lab: &Lab, nodes: &[Host]) -> (usize, usize) {
+    nodes.iter().fold((0, 0), |(told, answered), h| {
+        let log = lab.log(&h.name);
+        (
+            told + log.matches("holding suspect; telling it").count(),
+            answered + log.matches("suspected; answering the accuser").count(),
+        )
+    })
+}
+
 fn traffic_while(
     lab: &Lab,
     rt: &NsRuntime,
