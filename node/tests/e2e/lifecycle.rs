@@ -226,6 +226,10 @@ async fn sigterm_finishes_in_flight_request_then_exits() {
         log.contains("draining") && log.contains("drained; exiting"),
         "{log}"
     );
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a file carries no colour codes: {log:?}"
+    );
     let (code, _, err) = run(edgemesh, &["health", "--addr", admin.as_str()]);
     assert_eq!(code, 1, "nothing answers: {err}");
     assert!(err.contains(&format!("http://{admin}/healthz")), "{err}");
