@@ -179,7 +179,8 @@ impl DnsSolver for ChallDns {
 async fn issues_with_http01_reuses_the_account_and_cleans_up_tokens() {
     let tokens = Tokens::default();
     let port = serve_tokens(tokens.clone()).await;
-    // A third of the nonces rejected: survived by instant-acme's retries and new orders.
+    // A third of the nonces rejected: survived by instant-acme's retries, and by the
+    // attempts of open_account and issue (a new order each).
     let pebble = Pebble::start(port, &[("PEBBLE_WFE_NONCEREJECT", "33")]);
     let (account, creds) = open_account(&pebble.config(), None).await.unwrap();
     let issued = issue(
