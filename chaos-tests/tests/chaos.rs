@@ -459,8 +459,34 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
         .map(|h| SocketAddr::new(h.ip.into(), 8080))
         .collect::<Vec<_>>();
     let (downs, load) = traffic_while(&lab, &client_rt, &nodes, &targets, loss_secs);
-    lab.heal();
     let (told, answered) = suspicions(&lab, &nodes);
+
+    // The whole host stalls (as when a VM is paused), still under 20% loss: every member
+    // stopped at once for 1 s, ten times. A suspicion pending when the stall began must not
+    // expire as the members resume, before its subject can answer.
+    let downs_logged = |lab: &Lab| {
+        nodes
+            .iter()
+            .map(|h| lab.log(&h.name).matches("member down").count())
+            .sum::<usize>()
+    };
+    let before = downs_logged(&lab);
+    for _ in 0..10 {
+        for h in &nodes {
+            lab.signal(&h.name, "STOP");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        for h in &nodes {
+            lab.signal(&h.name, "CONT");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let after_stalls = downs_logged(&lab) - before;
+    let stalls_seen = nodes
+        .iter()
+        .filter(|h| lab.log(&h.name).contains("stalled; suspicions extended"))
+        .count();
+    lab.heal();
     let (ok, failed, bytes, _) = load;
     assert!(
         downs.is_empty(),
@@ -474,6 +500,24 @@ fn loss_keeps_every_member_alive_and_a_frozen_node_rejoins() {
         result: "pass".into(),
         figures: format!(
             "members declared down: 0 ({told} suspicion notices sent, {answered} answered); {ok} requests answered ({bytes} body bytes), {failed} failed (8 keep-alive clients, 5 s limit per request); no 5 s without answers"
+        ),
+    });
+
+    assert_eq!(
+        after_stalls,
+        0,
+        "members declared down around host-wide stalls under 20% loss\n{}",
+        membership_lines(&lab, &nodes)
+    );
+    assert_eq!(stalls_seen, 5, "every member saw its stalls");
+    report(&Row {
+        scenario:
+            "7. every member stopped at once for 1 s (a host-wide stall), 10 times under 20% loss"
+                .into(),
+        invariant: "no live member declared down; each member measures its stalls".into(),
+        result: "pass".into(),
+        figures: format!(
+            "members declared down: 0; {stalls_seen} of 5 members logged their stalls"
         ),
     });
 
@@ -559,9 +603,6 @@ fn declared_down(lab: &Lab, nodes: &[Host], who: &Host) -> Duration {
     .1
 }
 
-/// Runs the counting load against `targets` for `secs`, polling every member's view each
-/// second: the members any of them declared down, and the load's (ok, failed, bytes, secs).
-/// Panics when 5 s pass without an answered request.
 /// Every member's last log lines about membership changes and suspicions, for a failure
 /// message.
 fn membership_lines(lab: &Lab, nodes: &[Host]) -> String {
@@ -595,6 +636,9 @@ fn suspicions(lab: &Lab, nodes: &[Host]) -> (usize, usize) {
     })
 }
 
+/// Runs the counting load against `targets` for `secs`, polling every member's view each
+/// second: the members any of them declared down, and the load's (ok, failed, bytes, secs).
+/// Panics when 5 s pass without an answered request.
 fn traffic_while(
     lab: &Lab,
     rt: &NsRuntime,
