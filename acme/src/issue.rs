@@ -458,11 +458,19 @@ pub async fn resume(
     match status {
         OrderStatus::Valid | OrderStatus::Processing => {}
         OrderStatus::Ready => {
-            // Validated but never finalized: finish it with the recorded key.
-            order
-                .finalize_csr(&csr(names, &key)?)
-                .await
-                .map_err(finalize_err)?;
+            // Validated but never finalized: finish it with the recorded key. Only a rejected
+            // nonce is transient here, and it proves the CA did not act: ask again.
+            let csr = csr(names, &key)?;
+            let mut attempt = 1;
+            loop {
+                match order.finalize_csr(&csr).await.map_err(finalize_err) {
+                    Ok(()) => break,
+                    Err(e) if again(&e, &mut attempt).await => {
+                        tracing::warn!(attempt, error = %e, "finalizing the recorded order failed; asking again");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         _ => return Ok(None),
     }
